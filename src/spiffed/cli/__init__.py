@@ -1,0 +1,1 @@
+"""Command-line entry points: ``spiffed``, ``spiffed-server`` and ``spiffed-agent``."""
