@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install dev test lint typecheck unit proto lock bench clean
+.PHONY: install sysdeps dev test lint typecheck unit proto lock bench clean
 
 $(STAMP): pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ dev: install
 	$(BIN)/spiffed dev
 
 ## Quick start, command 2: install everything and run every check and test.
-test: install lint typecheck unit
+test: install sysdeps lint typecheck unit
+
+## System packages the tests need (PostgreSQL from Debian's packages, ...).
+sysdeps:
+	bash scripts/sysdeps.sh
 
 lint: install
 	$(BIN)/ruff check src tests bench scripts
