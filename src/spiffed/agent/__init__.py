@@ -1,0 +1,1 @@
+"""The spiffed agent: node attestation, entry sync, SVID cache and the Workload API."""

@@ -1,0 +1,1 @@
+"""Node-attestation wire formats shared by the server and agent halves of each attestor."""
