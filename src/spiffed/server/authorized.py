@@ -1,0 +1,145 @@
+"""The in-memory index of which registration entries each agent is authorized for.
+
+An agent may serve the entries parented to its own ID, the entries parented to any node
+alias it matches (an alias is an entry parented to the server, ``spiffe://<td>/spire/server``,
+whose selectors are a subset of the agent's node selectors), and, recursively, the entries
+parented to any of those entries' SPIFFE IDs. Only entries whose SPIFFE ID and parent ID are
+in the server's own trust domain take part, as in SPIRE.
+
+The index is fed by datastore change events, so answering an agent's sync never touches the
+datastore. Lookups cost time in proportion to the answer, not to the number of entries.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from spiffed.selector import Selector
+from spiffed.spiffeid import SpiffeId, TrustDomain
+
+__all__ = ["AuthorizedEntryIndex", "IndexableEntry"]
+
+
+class IndexableEntry(Protocol):
+    """What the index needs to know of a registration entry."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def spiffe_id(self) -> SpiffeId: ...
+
+    @property
+    def parent_id(self) -> SpiffeId: ...
+
+    @property
+    def selectors(self) -> Iterable[Selector]: ...
+
+
+E = TypeVar("E", bound=IndexableEntry)
+
+
+@dataclass(slots=True)
+class _Alias:
+    path: str
+    selectors: frozenset[Selector]
+
+
+@dataclass(slots=True)
+class AuthorizedEntryIndex(Generic[E]):
+    """Entries by parent, node aliases by selector, and agents' node selectors."""
+
+    trust_domain: TrustDomain
+    _entries: dict[str, E] = field(default_factory=dict)
+    _children: defaultdict[str, dict[str, E]] = field(default_factory=lambda: defaultdict(dict))
+    _aliases: dict[str, _Alias] = field(default_factory=dict)
+    _aliases_by_selector: defaultdict[Selector, set[str]] = field(
+        default_factory=lambda: defaultdict(set)
+    )
+    _agents: dict[str, frozenset[Selector]] = field(default_factory=dict)
+
+    @property
+    def server_path(self) -> str:
+        """The path of the server's own ID; entries parented to it are node aliases."""
+        return "/spire/server"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def upsert_entry(self, entry: E) -> None:
+        """Add an entry, or replace the entry with the same ID."""
+        self.remove_entry(entry.id)
+        if not (
+            entry.spiffe_id.member_of(self.trust_domain)
+            and entry.parent_id.member_of(self.trust_domain)
+        ):
+            return
+        self._entries[entry.id] = entry
+        parent = entry.parent_id.path
+        self._children[parent][entry.id] = entry
+        if parent == self.server_path:
+            alias = _Alias(entry.spiffe_id.path, frozenset(entry.selectors))
+            self._aliases[entry.id] = alias
+            for sel in alias.selectors:
+                self._aliases_by_selector[sel].add(entry.id)
+
+    def remove_entry(self, entry_id: str) -> None:
+        """Forget an entry (no error if it is unknown)."""
+        old = self._entries.pop(entry_id, None)
+        if old is None:
+            return
+        siblings = self._children.get(old.parent_id.path)
+        if siblings is not None:
+            siblings.pop(entry_id, None)
+            if not siblings:
+                del self._children[old.parent_id.path]
+        alias = self._aliases.pop(entry_id, None)
+        if alias is not None:
+            for sel in alias.selectors:
+                ids = self._aliases_by_selector[sel]
+                ids.discard(entry_id)
+                if not ids:
+                    del self._aliases_by_selector[sel]
+
+    def set_agent(self, agent_id: SpiffeId, selectors: Iterable[Selector]) -> None:
+        """Record (or replace) an attested agent's node selectors."""
+        self._agents[str(agent_id)] = frozenset(selectors)
+
+    def remove_agent(self, agent_id: SpiffeId) -> None:
+        """Forget an agent's node selectors (evicted or expired)."""
+        self._agents.pop(str(agent_id), None)
+
+    def agent_aliases(self, agent_id: SpiffeId) -> list[str]:
+        """Paths of the node aliases whose selectors are all among the agent's selectors."""
+        selectors = self._agents.get(str(agent_id), frozenset())
+        hits: dict[str, int] = defaultdict(int)
+        for sel in selectors:
+            for entry_id in self._aliases_by_selector.get(sel, ()):
+                hits[entry_id] += 1
+        return sorted(
+            {
+                self._aliases[eid].path
+                for eid, n in hits.items()
+                if n == len(self._aliases[eid].selectors)
+            }
+        )
+
+    def authorized_entries(self, agent_id: SpiffeId) -> list[E]:
+        """Every entry the agent may serve, each once."""
+        if not agent_id.member_of(self.trust_domain):
+            return []
+        found: dict[str, E] = {}
+        seen: set[str] = set()
+        stack = [agent_id.path, *self.agent_aliases(agent_id)]
+        while stack:
+            parent = stack.pop()
+            if parent in seen:
+                continue
+            seen.add(parent)
+            for entry_id, entry in self._children.get(parent, {}).items():
+                found[entry_id] = entry
+                stack.append(entry.spiffe_id.path)
+        return list(found.values())
