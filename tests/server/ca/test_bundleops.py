@@ -77,7 +77,12 @@ def test_jwt_taint_then_revoke() -> None:
 
 def test_prune_drops_expired_authorities_but_never_the_last_root() -> None:
     b = bundleops.new_bundle("example.org")
-    expired = make_cert("expired", ca=True, not_after=NOW - dt.timedelta(days=2)).cert
+    expired = make_cert(
+        "expired",
+        ca=True,
+        not_before=NOW - dt.timedelta(days=3),
+        not_after=NOW - dt.timedelta(days=2),
+    ).cert
     live = make_cert("live", ca=True).cert
     bundleops.append_x509_authorities(b, [expired, live])
     bundleops.append_jwt_authority(b, "old", pub_der(), NOW - dt.timedelta(days=2))

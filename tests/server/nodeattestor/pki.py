@@ -29,6 +29,7 @@ def make_cert(
     uris: tuple[str, ...] = (),
     serial: int | None = None,
     not_after: dt.datetime | None = None,
+    not_before: dt.datetime | None = None,
 ) -> Issued:
     key = key or ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
@@ -38,7 +39,7 @@ def make_cert(
         .issuer_name(issuer.cert.subject if issuer else name)
         .public_key(key.public_key())
         .serial_number(serial or x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(minutes=5))
+        .not_valid_before(not_before or NOW - dt.timedelta(minutes=5))
         .not_valid_after(not_after or NOW + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(
