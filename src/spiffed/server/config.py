@@ -705,7 +705,7 @@ def reference_markdown() -> str:
         "# Server configuration reference",
         "",
         "<!-- Generated from src/spiffed/server/config.py by reference_markdown();",
-        "     tests/config/test_docs.py fails when this file is stale. Regenerate with:",
+        "     tests/config/test_cli_and_docs.py fails when this file is stale. Regenerate with:",
         "     .venv/bin/python -c 'from spiffed.server.config import reference_markdown as r;"
         ' print(r(), end="")\' > docs/configuration.md -->',
         "",
