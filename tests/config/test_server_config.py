@@ -723,3 +723,33 @@ def test_random_text_only_raises_config_error(text: str) -> None:
 def test_random_values_for_a_key_only_raise_config_error(value: str) -> None:
     with contextlib.suppress(ConfigError):
         parse(conf(f"ca_ttl = {json.dumps(value)}"))
+
+
+# --- SPIRE's TTL warnings -----------------------------------------------------------------
+
+
+def test_default_ttls_give_no_warnings() -> None:
+    from spiffed.server.config import ttl_warnings
+
+    assert ttl_warnings(parse(conf())) == ()
+
+
+def test_svid_ttl_longer_than_a_sixth_of_the_ca_ttl_warns() -> None:
+    from spiffed.server.config import ttl_warnings
+
+    (warning,) = ttl_warnings(parse(conf('default_x509_svid_ttl = "5h"')))
+    assert warning.startswith("default_x509_svid_ttl is too high for the configured ca_ttl")
+    assert "set default_x509_svid_ttl to 4h or less, or the ca_ttl to 30h or more" in warning
+
+
+def test_svid_ttl_over_the_seven_day_cap_warns() -> None:
+    from spiffed.server.config import ttl_warnings
+
+    c = parse(conf('ca_ttl = "2400h"\ndefault_jwt_svid_ttl = "200h"\nagent_ttl = "200h"'))
+    jwt, agent = ttl_warnings(c)
+    assert jwt.startswith("default_jwt_svid_ttl is too high. ")
+    assert "set default_jwt_svid_ttl to 168h or less" in jwt
+    assert agent.startswith("agent_ttl is too high. ")
+    low = parse(conf('ca_ttl = "48h"\ndefault_jwt_svid_ttl = "200h"'))
+    (warning,) = ttl_warnings(low)
+    assert "and the ca_ttl to 1008h or more" in warning

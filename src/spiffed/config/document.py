@@ -93,7 +93,7 @@ def _expression(rule: Any, line: int | None, key: str) -> Value:
     if isinstance(rule, StringRule | HeredocTemplateRule):
         return _string_value(rule)
     if isinstance(rule, IntLitRule):
-        return int(str(rule.token.value), 0)
+        return int(str(rule.token.value))
     if isinstance(rule, FloatLitRule):
         try:
             return float(str(rule.token.value))

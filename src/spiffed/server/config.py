@@ -47,6 +47,7 @@ __all__ = [
     "load_server_config",
     "parse_server_config",
     "reference_markdown",
+    "ttl_warnings",
 ]
 
 DEFAULT_CONFIG_PATH = "conf/server/server.conf"
@@ -684,6 +685,52 @@ def load_server_config(
         return parse_server_config(text, flags)
     except ConfigError as exc:
         raise exc.with_source(shown) from None
+
+
+_MAX_SVID_TTL = timedelta(days=7)
+_ACTIVATION_DIVISOR = 6
+
+
+def ttl_warnings(config: ServerConfig) -> tuple[str, ...]:
+    """SPIRE's start-up warnings for SVID TTLs the CA rotation schedule would cut short.
+
+    An SVID can only be guaranteed its full lifetime if it is at most
+    ``min(ca_ttl / 6, 7d)``: the next CA is activated that long before the current expires.
+    ``run`` logs these; they do not make a config invalid (as in SPIRE).
+    """
+    checks = [
+        ("default_x509_svid_ttl", config.default_x509_svid_ttl),
+        ("default_jwt_svid_ttl", config.default_jwt_svid_ttl),
+    ]
+    if config.agent_ttl != config.default_x509_svid_ttl:
+        checks.append(("agent_ttl", config.agent_ttl))
+    ca_ttl = config.ca_ttl
+    max_for_ca = min(ca_ttl / _ACTIVATION_DIVISOR, _MAX_SVID_TTL)
+    out = []
+    for name, ttl in checks:
+        if ttl <= max_for_ca:
+            continue
+        if ttl < _MAX_SVID_TTL:
+            out.append(
+                f"{name} is too high for the configured ca_ttl value. SVIDs with shorter "
+                f"lifetimes may be issued. Please set {name} to {format_duration(max_for_ca)} "
+                f"or less, or the ca_ttl to {format_duration(ttl * _ACTIVATION_DIVISOR)} or "
+                f"more, to guarantee the full {name} lifetime when CA rotations are scheduled."
+            )
+        elif ca_ttl < _MAX_SVID_TTL * _ACTIVATION_DIVISOR:
+            out.append(
+                f"{name} is too high and the ca_ttl is too low. SVIDs with shorter lifetimes "
+                f"may be issued. Please set {name} to {format_duration(_MAX_SVID_TTL)} or less, "
+                f"and the ca_ttl to {format_duration(_MAX_SVID_TTL * _ACTIVATION_DIVISOR)} or "
+                f"more, to guarantee the full {name} lifetime when CA rotations are scheduled."
+            )
+        else:
+            out.append(
+                f"{name} is too high. SVIDs with shorter lifetimes may be issued. Please set "
+                f"{name} to {format_duration(max_for_ca)} or less to guarantee the full "
+                f"{name} lifetime when CA rotations are scheduled."
+            )
+    return tuple(out)
 
 
 # --- reference documentation ---------------------------------------------------------------
