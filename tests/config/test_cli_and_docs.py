@@ -110,3 +110,20 @@ def test_reference_lists_every_server_key() -> None:
         assert f"| `server.{key.name}` |" in text
     assert "| `server.ca_ttl` | duration | `24h` |" in text
     assert "| `server.bind_port` | port | `8081` |" in text
+
+
+def test_validate_takes_runs_override_flags_as_spire_does(tmp_path: Path) -> None:
+    conf = tmp_path / "no-td.conf"
+    conf.write_text(SAMPLE.read_text().replace('trust_domain = "example.org"', ""))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["validate", "-config", str(conf)])
+    assert result.exit_code == 1
+    assert "server.trust_domain (line 4): is required in the server block" in result.stderr
+    result = runner.invoke(cli, ["validate", "-config", str(conf), "-trustDomain", "ex.org"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        cli,
+        ["validate", "-config", str(SAMPLE), "-serverPort", "http", "-logSourceLocation"],
+    )
+    assert result.exit_code == 1
+    assert "server.bind_port: expected an integer, got the string 'http'" in result.stderr

@@ -1,11 +1,14 @@
 """``spiffed-server``: the server's command line (mirrors ``spire-server``).
 
-Flags are spelled as SPIRE's (``-config``, ``-expandEnv``); the ``--`` form works too.
+Flags are spelled as SPIRE's (``-config``, ``-expandEnv``, ``-trustDomain``); the ``--`` form
+works too.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -18,6 +21,66 @@ VALID_MESSAGE = "SPIRE server configuration file is valid."
 INVALID_PREFIX = "SPIRE server configuration file is invalid: "
 """SPIRE's prefix for a configuration error, printed on standard error."""
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+# (flag, help) for the flags of SPIRE's `run` that override a `server` key; `validate`
+# takes the same ones, as SPIRE's does, so it checks exactly what `run` would start with.
+_OVERRIDE_FLAGS = (
+    ("bindAddress", "IP address or DNS name of the server"),
+    ("serverPort", "Port number of the server"),
+    ("socketPath", "Path to bind the server API socket to"),
+    ("trustDomain", "The trust domain that this server belongs to"),
+    ("dataDir", "Directory to store runtime data to"),
+    ("logLevel", "'debug', 'info', 'warn', or 'error'"),
+    ("logFormat", "'text' or 'json'"),
+    ("logFile", "File to write logs to"),
+)
+
+
+def config_flags(func: _F) -> _F:
+    """Add ``-config``, ``-expandEnv`` and the ``run`` override flags to a command.
+
+    The command receives ``config_path``, ``expand_env`` and ``overrides`` (flag name to
+    value, only the flags given), ready for :func:`spiffed.server.config.load_server_config`.
+    """
+    for flag, help_text in reversed(_OVERRIDE_FLAGS):
+        func = click.option(
+            f"-{flag}", f"--{flag}", f"flag_{flag}", default="", metavar="VALUE", help=help_text
+        )(func)
+    func = click.option(
+        "-logSourceLocation",
+        "--logSourceLocation",
+        "flag_logSourceLocation",
+        is_flag=True,
+        help="Include source file and line number in log lines",
+    )(func)
+    func = click.option(
+        "-expandEnv",
+        "--expandEnv",
+        "expand_env",
+        is_flag=True,
+        help="Expand environment variables in the config file",
+    )(func)
+    return click.option(
+        "-config",
+        "--config",
+        "config_path",
+        default="",
+        metavar="PATH",
+        help="Path to a SPIRE config file (default conf/server/server.conf)",
+    )(func)
+
+
+def _overrides(expand_env: bool, flags: dict[str, Any]) -> dict[str, str]:
+    out = {"expandEnv": "true" if expand_env else ""}
+    for key, value in flags.items():
+        name = key.removeprefix("flag_")
+        if value is True:
+            out[name] = "true"
+        elif value:
+            out[name] = str(value)
+    return out
+
 
 @click.group()
 @click.version_option(__version__, prog_name="spiffed-server")
@@ -26,27 +89,13 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option(
-    "-config",
-    "--config",
-    "config_path",
-    default="",
-    metavar="PATH",
-    help="Path to a SPIRE config file (default conf/server/server.conf).",
-)
-@click.option(
-    "-expandEnv",
-    "--expandEnv",
-    "expand_env",
-    is_flag=True,
-    help="Expand environment variables in the config file.",
-)
-def validate(config_path: str, expand_env: bool) -> None:
+@config_flags
+def validate(config_path: str, expand_env: bool, **flags: Any) -> None:
     """Validates a SPIRE server configuration file."""
     from spiffed.server.config import load_server_config
 
     try:
-        load_server_config(config_path or None, {"expandEnv": "true" if expand_env else ""})
+        load_server_config(config_path or None, _overrides(expand_env, flags))
     except ConfigError as exc:
         click.echo(f"{INVALID_PREFIX}{exc}", err=True)
         sys.exit(1)
