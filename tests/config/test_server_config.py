@@ -753,3 +753,44 @@ def test_svid_ttl_over_the_seven_day_cap_warns() -> None:
     low = parse(conf('ca_ttl = "48h"\ndefault_jwt_svid_ttl = "200h"'))
     (warning,) = ttl_warnings(low)
     assert "and the ca_ttl to 1008h or more" in warning
+
+
+_JSON_KEYS = st.sampled_from(
+    ["server", "plugins", "telemetry", "health_checks", "trust_domain", "data_dir",
+     "bind_port", "admin_ids", "ca_subject", "DataStore", "sql", "KeyManager", "memory",
+     "disk", "NodeAttestor", "x509pop", "plugin_data", "enabled", "plugin_cmd", "ratelimit",
+     "Prometheus", "port", "keys_path", "ca_bundle_paths", "federation", "x"]
+)  # fmt: skip
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(_JSON_KEYS, children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_JSON_KEYS, _JSON_VALUES, max_size=5))
+def test_random_json_structures_only_raise_config_error(doc: dict[str, object]) -> None:
+    with contextlib.suppress(ConfigError):
+        parse(json.dumps(doc))
+
+
+def _hcl(doc: dict[str, object], indent: str = "") -> str:
+    """Render a dict as HCL: dicts become blocks, everything else an attribute."""
+    out = []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out.append(f"{indent}{key} {{\n{_hcl(value, indent + '  ')}{indent}}}\n")
+        else:
+            text = "null" if value is None else json.dumps(value)
+            out.append(f"{indent}{key} = {text}\n")
+    return "".join(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_JSON_KEYS, _JSON_VALUES, max_size=5))
+def test_random_hcl_structures_only_raise_config_error(doc: dict[str, object]) -> None:
+    with contextlib.suppress(ConfigError):
+        parse(_hcl(doc))

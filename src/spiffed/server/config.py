@@ -11,6 +11,7 @@ The key tables below are also the source of ``docs/configuration.md``
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -448,8 +449,6 @@ def _decode_plugins(items: list[Item], cwd: Path) -> dict[str, list[PluginConfig
         for type_item in block.value:
             kind = type_item.key
             if kind not in SPIRE_PLUGINS:
-                import difflib
-
                 close = difflib.get_close_matches(kind, list(SPIRE_PLUGINS), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ConfigError(
@@ -761,6 +760,11 @@ def reference_markdown() -> str:
         "taken from the working directory. An unknown key is an error naming the key. A key",
         "marked *recognised, not supported yet* is accepted only at SPIRE's default value.",
         "`-expandEnv` replaces `$VAR` and `${VAR}` in the file first (`$$` is a literal `$`).",
+        "",
+        "SPIRE reads HCL 1; spiffed reads the file with an HCL 2 parser, which takes SPIRE's",
+        "files as they are except for two HCL-1-only spellings: commas between the attributes",
+        "of a block (`a { x = 1, y = 2 }`: put one per line, or write `a = { x = 1, y = 2 }`)",
+        'and quoted attribute names (`"x" = 1`).',
         "",
         "Flags of `run` override the file: "
         + ", ".join(f"`-{flag}` → `server.{key}`" for flag, key in FLAGS.items())
