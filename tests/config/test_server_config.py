@@ -563,7 +563,23 @@ BAD = [
     (
         "mysql",
         conf(plugins=PLUGINS.replace('"sqlite3"', '"mysql"')),
-        "plugins.DataStore.sql.plugin_data.database_type (line 10): 'mysql' is not one of "
+        'plugins.DataStore.sql.plugin_data.database_type (line 10): SPIRE\'s "mysql" database '
+        'type is not supported by spiffed yet; use "sqlite3" or "postgres"',
+    ),
+    (
+        "aws_postgres",
+        conf(
+            plugins=PLUGINS.replace(
+                'database_type = "sqlite3"', 'database_type "aws_postgres" { region = "x" }'
+            )
+        ),
+        "plugins.DataStore.sql.plugin_data.database_type (line 10): SPIRE's 'aws_postgres' "
+        'database type is not supported by spiffed yet; use "sqlite3" or "postgres"',
+    ),
+    (
+        "oracle",
+        conf(plugins=PLUGINS.replace('"sqlite3"', '"oracle"')),
+        "plugins.DataStore.sql.plugin_data.database_type (line 10): 'oracle' is not one of "
         '"sqlite3", "postgres"',
     ),
     # recognised SPIRE keys that spiffed does not do yet

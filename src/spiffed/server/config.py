@@ -404,6 +404,8 @@ def _decode_plugin(kind: str, name: str, item: Item, cwd: Path) -> PluginConfig 
     data_line = data_items[0].line if data_items else item.line
     if not isinstance(data_body, Body):
         raise ConfigError(f"{path}.plugin_data", "expected a block", line=data_line)
+    if (kind, name) == ("DataStore", "sql"):
+        _precheck_sql(data_body, f"{path}.plugin_data.database_type")
     data = decode_block(data_body, data_keys, f"{path}.plugin_data", cwd=cwd, line=data_line)
     _check_plugin_data(kind, name, data)
     options = {k: _plain(data.values[k]) for k in data.lines}
@@ -414,6 +416,27 @@ def _decode_plugin(kind: str, name: str, item: Item, cwd: Path) -> PluginConfig 
         settings=MappingProxyType(dict(data.values)),
         line=item.line,
     )
+
+
+def _precheck_sql(data: Body, key: str) -> None:
+    """SPIRE's database types spiffed lacks get a plain "not supported" instead of a type error."""
+    for item in data.get_all("database_type"):
+        value = item.value
+        if isinstance(value, Body):  # database_type "aws_postgres" { region = ... }
+            label = value.items[0].key if value.items else "?"
+            raise ConfigError(
+                key,
+                f"SPIRE's {label!r} database type is not supported by spiffed yet; "
+                'use "sqlite3" or "postgres"',
+                line=item.line,
+            )
+        if isinstance(value, str) and value.lower() == "mysql":
+            raise ConfigError(
+                key,
+                'SPIRE\'s "mysql" database type is not supported by spiffed yet; '
+                'use "sqlite3" or "postgres"',
+                line=item.line,
+            )
 
 
 def _check_plugin_data(kind: str, name: str, data: Decoded) -> None:
