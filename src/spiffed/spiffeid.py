@@ -44,12 +44,19 @@ def _show_char(c: str) -> str:
     return repr(c) if c.isprintable() else f"U+{ord(c):04X}"
 
 
+def _byte_len(text: str) -> int:
+    """Length of ``text`` in UTF-8 bytes; lone surrogates count as 3 and never raise."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def _check_trust_domain(name: str, *, offset: int, whole: str) -> None:
     """Raise SpiffeIdError unless ``name`` is a valid trust domain name.
 
     ``offset`` is where ``name`` starts in ``whole``, so positions in messages refer to the
     input the caller gave.
     """
+    if not isinstance(name, str):
+        raise SpiffeIdError(f"trust domain name must be a string, not {type(name).__name__}")
     if not name:
         raise SpiffeIdError(f"trust domain is missing in {whole!r}")
     for i, c in enumerate(name):
@@ -67,7 +74,7 @@ def _check_trust_domain(name: str, *, offset: int, whole: str) -> None:
                 f"trust domain character {_show_char(c)} at position {offset + i} of "
                 f"{whole!r} is not allowed{hint}; allowed are a-z 0-9 . - _"
             )
-    if len(name.encode()) > MAX_TRUST_DOMAIN_LENGTH:
+    if len(name) > MAX_TRUST_DOMAIN_LENGTH:  # ASCII only by now, so characters are bytes
         raise SpiffeIdError(
             f"trust domain is {len(name)} bytes long, the limit is {MAX_TRUST_DOMAIN_LENGTH}: "
             f"{whole[:64]!r}..."
@@ -76,6 +83,8 @@ def _check_trust_domain(name: str, *, offset: int, whole: str) -> None:
 
 def _check_path(path: str, *, offset: int, whole: str) -> None:
     """Raise SpiffeIdError unless ``path`` is a valid SPIFFE ID path ("" or "/seg/seg")."""
+    if not isinstance(path, str):
+        raise SpiffeIdError(f"path must be a string, not {type(path).__name__}")
     if not path:
         return
     if path[0] != "/":
@@ -152,12 +161,17 @@ class SpiffeId:
 
     def __post_init__(self) -> None:
         if not isinstance(self.trust_domain, TrustDomain):
-            raise SpiffeIdError("trust_domain must be a TrustDomain")
+            raise SpiffeIdError(
+                f"trust_domain must be a TrustDomain, not {type(self.trust_domain).__name__}"
+            )
+        if not isinstance(self.path, str):
+            raise SpiffeIdError(f"path must be a string, not {type(self.path).__name__}")
         whole = SCHEME_PREFIX + self.trust_domain.name + self.path
         _check_path(self.path, offset=len(SCHEME_PREFIX) + len(self.trust_domain.name), whole=whole)
-        if len(whole.encode()) > MAX_ID_LENGTH:
+        if len(whole) > MAX_ID_LENGTH:  # ASCII only by now, so characters are bytes
             raise SpiffeIdError(
-                f"SPIFFE ID is {len(whole.encode())} bytes long, the limit is {MAX_ID_LENGTH}"
+                f"SPIFFE ID is {len(whole)} bytes long, the limit is {MAX_ID_LENGTH}: "
+                f"{whole[:64]!r}..."
             )
 
     @classmethod
@@ -167,9 +181,9 @@ class SpiffeId:
             raise SpiffeIdError(f"SPIFFE ID must be a string, not {type(text).__name__}")
         if not text:
             raise SpiffeIdError("SPIFFE ID is empty")
-        if len(text.encode()) > MAX_ID_LENGTH:
+        if _byte_len(text) > MAX_ID_LENGTH:
             raise SpiffeIdError(
-                f"SPIFFE ID is {len(text.encode())} bytes long, the limit is {MAX_ID_LENGTH}: "
+                f"SPIFFE ID is {_byte_len(text)} bytes long, the limit is {MAX_ID_LENGTH}: "
                 f"{text[:64]!r}..."
             )
         if not text.startswith(SCHEME_PREFIX):
@@ -200,9 +214,13 @@ class SpiffeId:
     @classmethod
     def from_segments(cls, trust_domain: TrustDomain, *segments: str) -> SpiffeId:
         """Build an ID from path segments, each checked on its own (no ``/`` inside)."""
-        for seg in segments:
+        for n, seg in enumerate(segments):
+            if not isinstance(seg, str):
+                raise SpiffeIdError(f"path segment {n} must be a string, not {type(seg).__name__}")
+            if not seg:
+                raise SpiffeIdError(f"path segment {n} is empty; segments must not be empty")
             if "/" in seg:
-                raise SpiffeIdError(f"path segment {seg!r} must not contain '/'")
+                raise SpiffeIdError(f"path segment {n} ({seg!r}) must not contain '/'")
         return cls(trust_domain, "".join("/" + s for s in segments))
 
     @property
