@@ -127,3 +127,23 @@ def test_validate_takes_runs_override_flags_as_spire_does(tmp_path: Path) -> Non
     )
     assert result.exit_code == 1
     assert "server.bind_port: expected an integer, got the string 'http'" in result.stderr
+
+
+def test_validate_asks_x509pop_to_load_its_ca_bundle(tmp_path: Path) -> None:
+    conf = tmp_path / "pop.conf"
+    conf.write_text(
+        SAMPLE.read_text().replace(
+            'NodeAttestor "join_token" {',
+            'NodeAttestor "x509pop" {\n'
+            '        plugin_data { ca_bundle_path = "missing-ca.pem" }\n'
+            "    }\n"
+            '    NodeAttestor "join_token" {',
+        )
+    )
+    result = CliRunner().invoke(cli, ["validate", "-config", str(conf)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        "SPIRE server configuration file is invalid.\nValidation errors:\n"
+        '\tNodeAttestor "x509pop":\n\t\tunable to load trust bundle '
+    )
+    assert "missing-ca.pem" in result.stderr

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from spiffed import __version__
 from spiffed.config import ConfigError
+
+if TYPE_CHECKING:
+    from spiffed.server.config import ServerConfig
 
 VALID_MESSAGE = "SPIRE server configuration file is valid."
 """What SPIRE's ``validate`` prints on success; kept word for word so scripts carry over."""
@@ -95,11 +98,35 @@ def validate(config_path: str, expand_env: bool, **flags: Any) -> None:
     from spiffed.server.config import load_server_config
 
     try:
-        load_server_config(config_path or None, _overrides(expand_env, flags))
+        config = load_server_config(config_path or None, _overrides(expand_env, flags))
     except ConfigError as exc:
         click.echo(f"{INVALID_PREFIX}{exc}", err=True)
         sys.exit(1)
+    notes = _plugin_notes(config)
+    if notes:
+        # SPIRE's layout for problems a plugin finds in its own configuration.
+        click.echo("SPIRE server configuration file is invalid.\nValidation errors:", err=True)
+        for plugin, note in notes:
+            click.echo(f"\t{plugin}:\n\t\t{note}", err=True)
+        sys.exit(1)
     click.echo(VALID_MESSAGE)
+
+
+def _plugin_notes(config: ServerConfig) -> list[tuple[str, str]]:
+    """Let each built-in plugin that can check its settings without side effects do so
+    (SPIRE's ``validate`` asks every plugin too): x509pop loads its CA bundles."""
+    from spiffed.server.nodeattestor import AttestationError
+    from spiffed.server.nodeattestor.x509pop import X509PopAttestor
+
+    notes = []
+    for plugin in config.node_attestors:
+        if plugin.name == "x509pop":
+            try:
+                X509PopAttestor.from_config(config.trust_domain, plugin.options)
+            except AttestationError as exc:
+                name = f'NodeAttestor "{plugin.name}"'
+                notes.append((name, exc.message.removeprefix(f"{name}: ")))
+    return notes
 
 
 def main() -> None:
