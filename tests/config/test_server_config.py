@@ -601,17 +601,6 @@ BAD = [
         "telemetry.Statsd (line 22): is a SPIRE setting that spiffed recognises but does not "
         "support yet; remove it",
     ),
-    (
-        "plugin_data_file",
-        conf(
-            plugins=PLUGINS.replace(
-                "plugin_data {}\n    }\n    NodeAttestor",
-                'plugin_data_file = "x.hcl"\n    }\n    NodeAttestor',
-            )
-        ),
-        "plugins.KeyManager.memory.plugin_data_file (line 15): is a SPIRE setting that spiffed "
-        "recognises but does not support yet; remove it",
-    ),
     # repeated keys
     (
         "twice",
@@ -810,3 +799,38 @@ def _hcl(doc: dict[str, object], indent: str = "") -> str:
 def test_random_hcl_structures_only_raise_config_error(doc: dict[str, object]) -> None:
     with contextlib.suppress(ConfigError):
         parse(_hcl(doc))
+
+
+def test_plugin_data_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / "ds.hcl").write_text('database_type = "postgres"\nconnection_string = "db"\n')
+    plugins = PLUGINS.replace(
+        'plugin_data {\n            database_type = "sqlite3"\n'
+        '            connection_string = "./.data/datastore.sqlite3"\n        }',
+        'plugin_data_file = "ds.hcl"',
+    )
+    assert 'plugin_data_file = "ds.hcl"' in plugins
+    c = parse_server_config(conf(plugins=plugins), {}, cwd=tmp_path)
+    assert c.datastore.options == {"database_type": "postgres", "connection_string": "db"}
+    (tmp_path / "ds.hcl").write_text('database_type = "postgres"\nconection_string = "db"\n')
+    with pytest.raises(ConfigError) as info:
+        parse_server_config(conf(plugins=plugins), {}, cwd=tmp_path)
+    assert str(info.value).startswith(
+        f"{tmp_path / 'ds.hcl'}: plugins.DataStore.sql.plugin_data.conection_string (line 2): "
+        "unknown key"
+    )
+    (tmp_path / "ds.hcl").unlink()
+    with pytest.raises(
+        ConfigError,
+        match=r"plugins\.DataStore\.sql\.plugin_data_file \(line 9\): "
+        r"unable to read",
+    ):
+        parse_server_config(conf(plugins=plugins), {}, cwd=tmp_path)
+
+
+def test_plugin_data_and_plugin_data_file_together() -> None:
+    plugins = PLUGINS.replace("plugin_data {}", 'plugin_data {}\n plugin_data_file = "x"', 1)
+    exc = error(conf(plugins=plugins))
+    assert str(exc) == (
+        "plugins.KeyManager.memory.plugin_data_file (line 16): "
+        "only one of [plugin_data, plugin_data_file] can be used"
+    )

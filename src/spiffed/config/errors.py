@@ -37,5 +37,5 @@ class ConfigError(ValueError):
         return text
 
     def with_source(self, source: str) -> ConfigError:
-        """The same error, naming the file it came from."""
-        return ConfigError(self.key, self.detail, line=self.line, source=source)
+        """The same error, naming the file it came from (unless it already names one)."""
+        return ConfigError(self.key, self.detail, line=self.line, source=self.source or source)

@@ -171,8 +171,8 @@ PLUGIN_KEYS: tuple[Key, ...] = (
         supported=False),
     Key("plugin_args", Kind.STRINGS, "Arguments of the external plugin.", default=(),
         supported=False),
-    Key("plugin_data_file", Kind.PATH, "File holding plugin_data (reloaded on SIGUSR1).",
-        supported=False),
+    Key("plugin_data_file", Kind.PATH,
+        "File holding the plugin_data body instead (read at start; SIGUSR1 reload not yet)."),
 )  # fmt: skip
 
 _SQL_KEYS = (
@@ -402,12 +402,24 @@ def _decode_plugin(kind: str, name: str, item: Item, cwd: Path) -> PluginConfig 
         raise ConfigError(f"{path}.plugin_data", "is set more than once", line=data_items[1].line)
     data_body = data_items[0].value if data_items else Body()
     data_line = data_items[0].line if data_items else item.line
+    data_file = outer.values["plugin_data_file"]
+    if isinstance(data_file, Path):
+        if data_items:
+            raise outer.error(
+                "plugin_data_file", "only one of [plugin_data, plugin_data_file] can be used"
+            )
+        data_body, data_line = _read_plugin_data_file(data_file, outer), None
     if not isinstance(data_body, Body):
         raise ConfigError(f"{path}.plugin_data", "expected a block", line=data_line)
-    if (kind, name) == ("DataStore", "sql"):
-        _precheck_sql(data_body, f"{path}.plugin_data.database_type")
-    data = decode_block(data_body, data_keys, f"{path}.plugin_data", cwd=cwd, line=data_line)
-    _check_plugin_data(kind, name, data)
+    try:
+        if (kind, name) == ("DataStore", "sql"):
+            _precheck_sql(data_body, f"{path}.plugin_data.database_type")
+        data = decode_block(data_body, data_keys, f"{path}.plugin_data", cwd=cwd, line=data_line)
+        _check_plugin_data(kind, name, data)
+    except ConfigError as exc:
+        if isinstance(data_file, Path):
+            raise exc.with_source(str(data_file)) from None
+        raise
     options = {k: _plain(data.values[k]) for k in data.lines}
     return PluginConfig(
         type=kind,
@@ -416,6 +428,20 @@ def _decode_plugin(kind: str, name: str, item: Item, cwd: Path) -> PluginConfig 
         settings=MappingProxyType(dict(data.values)),
         line=item.line,
     )
+
+
+def _read_plugin_data_file(file: Path, outer: Decoded) -> Body:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise outer.error("plugin_data_file", f"unable to read {str(file)!r}: {why}") from None
+    except UnicodeDecodeError as exc:
+        raise outer.error("plugin_data_file", f"unable to read {str(file)!r}: {exc}") from None
+    try:
+        return parse_document(text)
+    except ConfigError as exc:
+        raise exc.with_source(str(file)) from None
 
 
 def _precheck_sql(data: Body, key: str) -> None:
