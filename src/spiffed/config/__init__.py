@@ -8,16 +8,21 @@ from spiffed.config.document import Body, Item, parse_document
 from spiffed.config.duration import format_duration, parse_duration, parse_duration_ns
 from spiffed.config.env import expand_env
 from spiffed.config.errors import ConfigError
+from spiffed.config.plugins import PLUGIN_KEYS, PluginCatalog, PluginConfig, decode_plugins
 from spiffed.config.schema import Decoded, Key, Kind, decode_block, reference_rows, resolve_path
 
 __all__ = [
+    "PLUGIN_KEYS",
     "Body",
     "ConfigError",
     "Decoded",
     "Item",
     "Key",
     "Kind",
+    "PluginCatalog",
+    "PluginConfig",
     "decode_block",
+    "decode_plugins",
     "expand_env",
     "format_duration",
     "parse_document",

@@ -11,13 +11,11 @@ The key tables below are also the source of ``docs/configuration.md``
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from types import MappingProxyType
 
 from spiffed.config import (
     Body,
@@ -32,6 +30,7 @@ from spiffed.config import (
     parse_document,
     reference_rows,
 )
+from spiffed.config.plugins import PLUGIN_KEYS, PluginCatalog, PluginConfig, decode_plugins
 from spiffed.keys import KeyType, UnsupportedKeyError
 from spiffed.nodeattestation.x509pop import DEFAULT_TEMPLATE as X509POP_DEFAULT_TEMPLATE
 from spiffed.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
@@ -162,19 +161,6 @@ _TOP_KEYS: tuple[Key, ...] = (
 
 # --- plugins ------------------------------------------------------------------------------
 
-PLUGIN_KEYS: tuple[Key, ...] = (
-    Key("plugin_data", Kind.BLOCK, "The plugin's own settings (tables below).",
-        default_text="{}"),
-    Key("enabled", Kind.BOOL, "A disabled plugin is skipped.", default=True),
-    Key("plugin_cmd", Kind.STRING, "Path of an external plugin binary.", supported=False),
-    Key("plugin_checksum", Kind.STRING, "SHA-256 of the external plugin binary.",
-        supported=False),
-    Key("plugin_args", Kind.STRINGS, "Arguments of the external plugin.", default=(),
-        supported=False),
-    Key("plugin_data_file", Kind.PATH,
-        "File holding the plugin_data body instead (read at start; SIGUSR1 reload not yet)."),
-)  # fmt: skip
-
 _SQL_KEYS = (
     Key("database_type", Kind.STRING, "The database engine.", required=True,
         choices=("sqlite3", "postgres")),
@@ -303,23 +289,6 @@ class HealthChecksConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class PluginConfig:
-    """One enabled built-in plugin, ``Type "name" { plugin_data { ... } }``.
-
-    ``options`` holds the ``plugin_data`` keys the file set, as plain values (strings,
-    numbers, booleans, lists; paths made absolute), ready for a plugin's ``from_config``.
-    ``settings`` holds every key of the plugin's table with defaults filled in and typed
-    (``Path``, ``timedelta``, ``tuple``).
-    """
-
-    type: str
-    name: str
-    options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
-    settings: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
-    line: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything ``spiffed-server run`` needs, checked, with SPIRE's defaults applied."""
 
@@ -355,97 +324,11 @@ class ServerConfig:
 # --- decoding -------------------------------------------------------------------------------
 
 
-def _plain(value: object) -> object:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, timedelta):
-        return format_duration(value)
-    return value
-
-
-def _decode_plugin(kind: str, name: str, item: Item, cwd: Path) -> PluginConfig | None:
-    """Decode ``Type "name" { ... }``; None when it is disabled."""
-    path = f"plugins.{kind}.{name}"
-    body = item.value
-    if not isinstance(body, Body):
-        raise ConfigError(path, "expected a plugin block", line=item.line)
-    if body.get_all("plugin_cmd"):
-        first = body.get_all("plugin_cmd")[0]
-        raise ConfigError(
-            f"{path}.plugin_cmd",
-            f"external plugins are not supported; spiffed only has built-in plugins "
-            f"(remove plugin_cmd to use a built-in {kind} {name!r})",
-            line=first.line,
-        )
-    outer = decode_block(
-        Body(tuple(i for i in body if i.key != "plugin_data"), body.line),
-        PLUGIN_KEYS,
-        path,
-        cwd=cwd,
-        line=item.line,
-    )
-    if not outer.values["enabled"]:
-        return None
-    data_keys = PLUGIN_DATA_KEYS.get((kind, name))
-    if data_keys is None:
-        if name in SPIRE_PLUGINS[kind]:
-            message = f"SPIRE's {kind} plugin {name!r} is not supported by spiffed yet"
-        else:
-            message = f"unknown {kind} plugin {name!r}"
-        ours = sorted(n for (t, n) in PLUGIN_DATA_KEYS if t == kind)
-        message += "; built-in: " + (", ".join(ours) if ours else "none")
-        raise ConfigError(path, message, line=item.line)
-    data_items = body.get_all("plugin_data")
-    if len(data_items) > 1:
-        raise ConfigError(f"{path}.plugin_data", "is set more than once", line=data_items[1].line)
-    data_body = data_items[0].value if data_items else Body()
-    data_line = data_items[0].line if data_items else item.line
-    data_file = outer.values["plugin_data_file"]
-    if isinstance(data_file, Path):
-        if data_items:
-            raise outer.error(
-                "plugin_data_file", "only one of [plugin_data, plugin_data_file] can be used"
-            )
-        data_body, data_line = _read_plugin_data_file(data_file, outer), None
-    if not isinstance(data_body, Body):
-        raise ConfigError(f"{path}.plugin_data", "expected a block", line=data_line)
-    try:
-        if (kind, name) == ("DataStore", "sql"):
-            _precheck_sql(data_body, f"{path}.plugin_data.database_type")
-        data = decode_block(data_body, data_keys, f"{path}.plugin_data", cwd=cwd, line=data_line)
-        _check_plugin_data(kind, name, data)
-    except ConfigError as exc:
-        if isinstance(data_file, Path):
-            raise exc.with_source(str(data_file)) from None
-        raise
-    options = {k: _plain(data.values[k]) for k in data.lines}
-    return PluginConfig(
-        type=kind,
-        name=name,
-        options=MappingProxyType(options),
-        settings=MappingProxyType(dict(data.values)),
-        line=item.line,
-    )
-
-
-def _read_plugin_data_file(file: Path, outer: Decoded) -> Body:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-        raise outer.error("plugin_data_file", f"unable to read {str(file)!r}: {why}") from None
-    except UnicodeDecodeError as exc:
-        raise outer.error("plugin_data_file", f"unable to read {str(file)!r}: {exc}") from None
-    try:
-        return parse_document(text)
-    except ConfigError as exc:
-        raise exc.with_source(str(file)) from None
-
-
-def _precheck_sql(data: Body, key: str) -> None:
+def _precheck(kind: str, name: str, data: Body, path: str) -> None:
     """SPIRE's database types spiffed lacks get a plain "not supported" instead of a type error."""
+    if (kind, name) != ("DataStore", "sql"):
+        return
+    key = f"{path}.database_type"
     for item in data.get_all("database_type"):
         value = item.value
         if isinstance(value, Body):  # database_type "aws_postgres" { region = ... }
@@ -466,6 +349,7 @@ def _precheck_sql(data: Body, key: str) -> None:
 
 
 def _check_plugin_data(kind: str, name: str, data: Decoded) -> None:
+    """Rules across a built-in plugin's keys."""
     if (kind, name) == ("NodeAttestor", "x509pop"):
         if data.values["mode"] == "spiffe":
             raise data.error("mode", 'mode "spiffe" is not supported yet; use "external_pki"')
@@ -487,54 +371,13 @@ def _check_plugin_data(kind: str, name: str, data: Decoded) -> None:
                 raise data.error(key, f"must not be negative, got {value}")
 
 
-def _decode_plugins(items: list[Item], cwd: Path) -> dict[str, list[PluginConfig]]:
-    if not items:
-        raise ConfigError("plugins", "the plugins block is required")
-    found: dict[str, list[PluginConfig]] = {kind: [] for kind in SPIRE_PLUGINS}
-    seen: dict[tuple[str, str], int | None] = {}
-    for block in items:
-        if not isinstance(block.value, Body):
-            raise ConfigError("plugins", "expected a block", line=block.line)
-        for type_item in block.value:
-            kind = type_item.key
-            if kind not in SPIRE_PLUGINS:
-                close = difflib.get_close_matches(kind, list(SPIRE_PLUGINS), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(
-                    f"plugins.{kind}", f"unknown plugin type{hint}", line=type_item.line
-                )
-            if not isinstance(type_item.value, Body) or not type_item.value.items:
-                raise ConfigError(
-                    f"plugins.{kind}",
-                    f'expected {kind} "<name>" {{ plugin_data {{ ... }} }}',
-                    line=type_item.line,
-                )
-            for plugin_item in type_item.value:
-                ident = (kind, plugin_item.key)
-                if ident in seen:
-                    first = seen[ident]
-                    also = f" (first on line {first})" if first else ""
-                    raise ConfigError(
-                        f"plugins.{kind}.{plugin_item.key}",
-                        f"plugin {kind} {plugin_item.key!r} is declared more than once{also}",
-                        line=plugin_item.line,
-                    )
-                seen[ident] = plugin_item.line
-                plugin = _decode_plugin(kind, plugin_item.key, plugin_item, cwd)
-                if plugin is not None:
-                    found[kind].append(plugin)
-    for kind, low, high in (("DataStore", 1, 1), ("KeyManager", 1, 1), ("UpstreamAuthority", 0, 1)):
-        plugins = found[kind]
-        if len(plugins) < low:
-            raise ConfigError(f"plugins.{kind}", f"a {kind} plugin is required")
-        if len(plugins) > high:
-            names = " and ".join(repr(p.name) for p in plugins)
-            raise ConfigError(
-                f"plugins.{kind}",
-                f"only one {kind} plugin is allowed, got {names}",
-                line=plugins[1].line,
-            )
-    return found
+_CATALOG = PluginCatalog(
+    data_keys=PLUGIN_DATA_KEYS,
+    spire_plugins=SPIRE_PLUGINS,
+    counts={"DataStore": (1, 1), "KeyManager": (1, 1), "UpstreamAuthority": (0, 1)},
+    precheck=_precheck,
+    check=_check_plugin_data,
+)
 
 
 def _ttl(server: Decoded, name: str) -> timedelta:
@@ -700,7 +543,7 @@ def parse_server_config(
     plugin_items = doc.get_all("plugins")
     rest = Body(tuple(i for i in doc if i.key != "plugins"), doc.line)
     root = decode_block(rest, _TOP_KEYS, "", cwd=base)
-    plugins = _decode_plugins(plugin_items, base)
+    plugins = decode_plugins(plugin_items, _CATALOG, cwd=base)
     return _build(root, plugins)
 
 
