@@ -146,3 +146,41 @@ def test_reference_rows_walk_nested_blocks() -> None:
     assert rows[0][1:3] == ("string", "required")
     assert rows[2][1:3] == ("duration", "5s")
     assert "not supported yet" in rows[-1][3]
+
+
+def test_decode_plugins_with_an_agent_like_catalog() -> None:
+    from spiffed.config import PluginCatalog, decode_plugins
+
+    catalog = PluginCatalog(
+        data_keys={
+            ("WorkloadAttestor", "unix"): (
+                Key("discover_workload_path", Kind.BOOL, "Find the binary.", default=False),
+            ),
+            ("KeyManager", "memory"): (),
+        },
+        spire_plugins={"WorkloadAttestor": ("unix", "k8s"), "KeyManager": ("memory", "disk")},
+        counts={"KeyManager": (1, 1), "WorkloadAttestor": (1, None)},
+    )
+    text = (
+        'plugins {\n  KeyManager "memory" {}\n'
+        '  WorkloadAttestor "unix" { plugin_data { discover_workload_path = true } }\n}\n'
+    )
+    found = decode_plugins(parse_document(text).get_all("plugins"), catalog, cwd=Path("/"))
+    (unix,) = found["WorkloadAttestor"]
+    assert unix.options == {"discover_workload_path": True}
+    with pytest.raises(ConfigError) as info:
+        decode_plugins(
+            parse_document(text.replace('"unix"', '"k8s"')).get_all("plugins"),
+            catalog,
+            cwd=Path("/"),
+        )
+    assert str(info.value) == (
+        "plugins.WorkloadAttestor.k8s (line 3): SPIRE's WorkloadAttestor plugin 'k8s' is not "
+        "supported by spiffed yet; built-in: unix"
+    )
+    with pytest.raises(ConfigError, match="a WorkloadAttestor plugin is required"):
+        decode_plugins(
+            parse_document('plugins {\n  KeyManager "memory" {}\n}').get_all("plugins"),
+            catalog,
+            cwd=Path("/"),
+        )
