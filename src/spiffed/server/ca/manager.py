@@ -27,11 +27,12 @@ from spiffed._proto.spire.api.types import bundle_pb2
 from spiffed.keys import KeyType, PrivateKey, PublicKey
 from spiffed.server.ca import bundleops
 from spiffed.server.ca.journal import Journal, JournalError, JwtSlot, SlotStatus, X509Slot
+from spiffed.server.ca.leafsigner import LeafSigner
 from spiffed.server.ca.schedule import activation_threshold, preparation_threshold
 from spiffed.server.errors import ServerError
 from spiffed.server.keymanager import KeyManager
 from spiffed.spiffeid import SpiffeId, TrustDomain
-from spiffed.svid.x509_issue import create_root_ca, create_x509_svid
+from spiffed.svid.x509_issue import X509IssueError, create_root_ca
 
 __all__ = [
     "AuthorityState",
@@ -172,6 +173,7 @@ class CaManager:
         self._keys: dict[str, PrivateKey] = {}
         self._lock = asyncio.Lock()
         self._listeners: list[Callable[[], Awaitable[None]]] = []
+        self._signer: tuple[X509Slot, LeafSigner] | None = None
 
     # --- state -------------------------------------------------------------------------
 
@@ -409,22 +411,39 @@ class CaManager:
 
         The lifetime is ``ttl`` (default ``default_x509_svid_ttl``), capped at the CA's expiry.
         """
+        leaf = self.sign_x509_svid_der(spiffe_id, public_key, ttl=ttl, dns_names=dns_names)
+        return [x509.load_der_x509_certificate(leaf), *self.x509_ca_chain()]
+
+    def sign_x509_svid_der(
+        self,
+        spiffe_id: SpiffeId,
+        public_key: PublicKey | x509.CertificateSigningRequest,
+        *,
+        ttl: timedelta | None = None,
+        dns_names: Sequence[str] = (),
+    ) -> bytes:
+        """The leaf alone, as DER: the hot path of the signing RPCs."""
         if not spiffe_id.member_of(self.settings.trust_domain):
             raise ServerError(
                 Status.INVALID_ARGUMENT,
                 f"{spiffe_id} is not in trust domain {self.settings.trust_domain}",
             )
         slot = self.current_x509
-        leaf = create_x509_svid(
-            spiffe_id,
-            public_key,
-            signer_cert=slot.certificate,
-            signer_key=self._keys[slot.key_id],
-            ttl=ttl or self.settings.x509_svid_ttl,
-            now=self._clock(),
-            dns_names=dns_names,
-        )
-        return [leaf, *self.x509_ca_chain()]
+        if self._signer is None or self._signer[0] is not slot:
+            signer = LeafSigner(
+                self.settings.trust_domain, slot.certificate, self._keys[slot.key_id]
+            )
+            self._signer = (slot, signer)
+        try:
+            return self._signer[1].sign_der(
+                spiffe_id,
+                public_key,
+                ttl=ttl or self.settings.x509_svid_ttl,
+                now=self._clock(),
+                dns_names=tuple(dns_names),
+            )
+        except X509IssueError as exc:
+            raise ServerError(Status.INVALID_ARGUMENT, str(exc)) from None
 
     def jwt_signing_key(self) -> tuple[str, PrivateKey, datetime]:
         """The active JWT key: its key ID, private key and expiry."""
