@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from spiffed.selector import Selector
+from spiffed.selectorindex import SubsetIndex
 from spiffed.spiffeid import SpiffeId, TrustDomain
 
 __all__ = ["AuthorizedEntryIndex", "IndexableEntry"]
@@ -43,22 +44,13 @@ E = TypeVar("E", bound=IndexableEntry)
 
 
 @dataclass(slots=True)
-class _Alias:
-    path: str
-    selectors: frozenset[Selector]
-
-
-@dataclass(slots=True)
 class AuthorizedEntryIndex(Generic[E]):
     """Entries by parent, node aliases by selector, and agents' node selectors."""
 
     trust_domain: TrustDomain
     _entries: dict[str, E] = field(default_factory=dict)
     _children: defaultdict[str, dict[str, E]] = field(default_factory=lambda: defaultdict(dict))
-    _aliases: dict[str, _Alias] = field(default_factory=dict)
-    _aliases_by_selector: defaultdict[Selector, set[str]] = field(
-        default_factory=lambda: defaultdict(set)
-    )
+    _aliases: SubsetIndex[str] = field(default_factory=SubsetIndex)
     _agents: dict[str, frozenset[Selector]] = field(default_factory=dict)
 
     @property
@@ -81,10 +73,7 @@ class AuthorizedEntryIndex(Generic[E]):
         parent = entry.parent_id.path
         self._children[parent][entry.id] = entry
         if parent == self.server_path:
-            alias = _Alias(entry.spiffe_id.path, frozenset(entry.selectors))
-            self._aliases[entry.id] = alias
-            for sel in alias.selectors:
-                self._aliases_by_selector[sel].add(entry.id)
+            self._aliases.put(entry.id, entry.selectors)
 
     def remove_entry(self, entry_id: str) -> None:
         """Forget an entry (no error if it is unknown)."""
@@ -96,13 +85,7 @@ class AuthorizedEntryIndex(Generic[E]):
             siblings.pop(entry_id, None)
             if not siblings:
                 del self._children[old.parent_id.path]
-        alias = self._aliases.pop(entry_id, None)
-        if alias is not None:
-            for sel in alias.selectors:
-                ids = self._aliases_by_selector[sel]
-                ids.discard(entry_id)
-                if not ids:
-                    del self._aliases_by_selector[sel]
+        self._aliases.remove(entry_id)
 
     def set_agent(self, agent_id: SpiffeId, selectors: Iterable[Selector]) -> None:
         """Record (or replace) an attested agent's node selectors."""
@@ -114,18 +97,8 @@ class AuthorizedEntryIndex(Generic[E]):
 
     def agent_aliases(self, agent_id: SpiffeId) -> list[str]:
         """Paths of the node aliases whose selectors are all among the agent's selectors."""
-        selectors = self._agents.get(str(agent_id), frozenset())
-        hits: dict[str, int] = defaultdict(int)
-        for sel in selectors:
-            for entry_id in self._aliases_by_selector.get(sel, ()):
-                hits[entry_id] += 1
-        return sorted(
-            {
-                self._aliases[eid].path
-                for eid, n in hits.items()
-                if n == len(self._aliases[eid].selectors)
-            }
-        )
+        matched = self._aliases.match(self._agents.get(str(agent_id), frozenset()))
+        return sorted({self._entries[eid].spiffe_id.path for eid in matched})
 
     def authorized_entries(self, agent_id: SpiffeId) -> list[E]:
         """Every entry the agent may serve, each once."""
