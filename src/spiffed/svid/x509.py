@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
@@ -39,15 +40,28 @@ class X509SvidError(ValueError):
     """An X509-SVID or a presented chain breaks a rule; the message names rule and certificate."""
 
 
+# What ``cryptography`` raises when a lazily parsed field of a certificate is malformed.
+_MALFORMED = (
+    ValueError,
+    x509.DuplicateExtension,
+    x509.InvalidVersion,
+    x509.UnsupportedGeneralNameType,
+    UnsupportedAlgorithm,
+)
+
+
 def describe(cert: x509.Certificate) -> str:
     """A short name for a certificate in messages: its URI SAN or subject, and its serial."""
-    name = cert.subject.rfc4514_string() or "<empty subject>"
+    try:
+        name = cert.subject.rfc4514_string() or "<empty subject>"
+    except _MALFORMED:
+        name = "<malformed subject>"
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
         if uris:
             name = uris[0]
-    except (x509.ExtensionNotFound, ValueError):
+    except (x509.ExtensionNotFound, *_MALFORMED):
         pass
     return f"certificate {name!r} (serial {cert.serial_number:#x})"
 
@@ -109,6 +123,16 @@ def check_leaf(cert: x509.Certificate) -> SpiffeId:
     cRLSign), X5-28/AMB-20 (keyUsage with digitalSignature required), X5-08 (an EKU, when
     present, holds serverAuth and clientAuth; an absent EKU is accepted, row 21).
     """
+    try:
+        return _check_leaf(cert)
+    except X509SvidError:
+        raise
+    except _MALFORMED as exc:
+        raise X509SvidError(f"leaf {describe(cert)} is malformed: {exc}") from None
+
+
+def _check_leaf(cert: x509.Certificate) -> SpiffeId:
+    """The leaf rules; lazily parsed fields may raise cryptography's errors."""
     spiffe_id = _leaf_id(cert)
     bc = _ext(cert, x509.BasicConstraints, "X5-22")
     if bc is not None and bc.value.ca:
@@ -146,6 +170,15 @@ def check_leaf(cert: x509.Certificate) -> SpiffeId:
 
 
 def _check_intermediate(cert: x509.Certificate) -> None:
+    try:
+        _check_intermediate_fields(cert)
+    except X509SvidError:
+        raise
+    except _MALFORMED as exc:
+        raise X509SvidError(f"intermediate {describe(cert)} is malformed: {exc}") from None
+
+
+def _check_intermediate_fields(cert: x509.Certificate) -> None:
     bc = _ext(cert, x509.BasicConstraints, "X5-10")
     if bc is None or not bc.value.ca:
         raise X509SvidError(f"X5-10: intermediate {describe(cert)} is not a CA (cA=false)")
@@ -157,7 +190,7 @@ def _check_intermediate(cert: x509.Certificate) -> None:
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except (x509.ExtensionNotFound, ValueError):
+    except (x509.ExtensionNotFound, *_MALFORMED):
         return False
 
 
@@ -189,7 +222,7 @@ def _load_key_der(data: bytes) -> PrivateKey:
         key = serialization.load_der_private_key(data, password=None)
     except TypeError:
         raise X509SvidError("WA-24: private key is encrypted; it must be unencrypted") from None
-    except (ValueError, x509.UnsupportedGeneralNameType) as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise X509SvidError(f"WA-24: cannot parse PKCS#8 private key: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise X509SvidError(f"private key type {type(key).__name__} is not supported (EC or RSA)")
@@ -223,7 +256,13 @@ class X509Svid:
             raise X509SvidError(
                 f"private key type {type(self.private_key).__name__} is not supported"
             )
-        if self.private_key.public_key() != leaf.public_key():
+        try:
+            leaf_key = leaf.public_key()
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise X509SvidError(
+                f"cannot read the public key of leaf {describe(leaf)}: {exc}"
+            ) from None
+        if self.private_key.public_key() != leaf_key:
             raise X509SvidError(
                 f"private key does not match the public key of leaf {describe(leaf)}"
             )
@@ -250,7 +289,7 @@ class X509Svid:
             raise X509SvidError("WA-23: certificate chain is PEM; concatenated DER was expected")
         try:
             certs = split_der_certificates(chain_der, what="X509-SVID chain")
-        except ValueError as exc:
+        except _MALFORMED as exc:
             raise X509SvidError(f"WA-23: {exc}") from None
         return cls.from_certificates(certs, _load_key_der(key_der))
 
@@ -270,7 +309,7 @@ class X509Svid:
             )
         try:
             der = serialization.load_pem_private_key(key_pem, password=None)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, UnsupportedAlgorithm) as exc:
             raise X509SvidError(f"cannot parse PEM private key: {exc}") from None
         if not isinstance(der, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise X509SvidError(f"private key type {type(der).__name__} is not supported")
@@ -369,7 +408,7 @@ def verify_chain(
     verifier = _policy(when, list(bundle.authorities))
     try:
         verified = verifier.verify(leaf, certs[1:])
-    except verification.VerificationError as exc:
+    except (verification.VerificationError, *_MALFORMED) as exc:
         detail = str(exc)
         hint = ""
         if "unsupported name constraint" in detail:
