@@ -1,10 +1,10 @@
 """The server's authorized-entry index at scale: 100,000 entries, 1,000 agents.
 
-Each agent has 95 entries parented to it directly (95,000) and sees 500 more through the node
-alias of its group (ten aliases, each matching a tenth of the agents, 5,000 entries under
-them), so 100,000 entries in all and 595 authorized entries per agent. A "round" asks the index for every agent's
-authorized entries, as 1,000 agent syncs would; it touches no datastore (the index is fed by
-datastore events). Prints build time, memory, and time per round and per agent lookup.
+Each agent has 95 entries parented to it directly (95,000 in all). Ten node aliases each
+match a tenth of the agents and have 499 entries under them (5,000 with the aliases), so an
+agent is authorized for 594 entries. A "round" asks the index for every agent's entries, as
+1,000 agent syncs would; it touches no datastore (the index is fed by datastore events).
+Prints build time, memory, and the time per round and per agent lookup.
 """
 
 from __future__ import annotations
