@@ -398,3 +398,21 @@ def test_x5_20_errors_name_the_certificate(root_b: Authority, source: BundleSet)
     message = reject(leaf.chain, source)
     assert ID_A in message
     assert f"{leaf.cert.serial_number:#x}" in message
+
+
+def test_x5_14_uri_name_constrained_ca_is_not_supported_even_when_leaf_conforms(
+    root_a: Authority, source: BundleSet
+) -> None:
+    """cryptography's validator refuses URI name constraints outright (X5-14 is a MAY).
+
+    The error says so; if a later cryptography supports them, this test shows it.
+    """
+    nc = x509.NameConstraints(permitted_subtrees=[URI("td-a.test")], excluded_subtrees=None)
+    inter = root_a.issue_ca("spiffe://td-a.test", extra=[(nc, True)])
+    reject(inter.issue_leaf([ID_A]).chain, source, "X5-20", "X5-14")
+
+
+def test_x5_20_naive_now_refused(root_a: Authority, source: BundleSet) -> None:
+    leaf = root_a.issue_leaf([ID_A])
+    with pytest.raises(X509SvidError, match="timezone-aware"):
+        verify_chain(leaf.chain, source, now=NOW.replace(tzinfo=None))

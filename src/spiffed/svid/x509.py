@@ -404,6 +404,8 @@ def verify_chain(
         raise X509SvidError(
             f"X5-21: the X.509 bundle of {td} has no authorities; {describe(leaf)} is untrusted"
         )
+    if now is not None and now.tzinfo is None:
+        raise X509SvidError(f"now must be timezone-aware, got naive {now.isoformat()}")
     when = datetime.now(UTC) if now is None else now.astimezone(UTC)
     verifier = _policy(when, list(bundle.authorities))
     try:
