@@ -89,6 +89,8 @@ def test_tb_06_unknown_key_types() -> None:
     assert not is_known_key_type({"kty": "OKP", "crv": "Ed25519"})
     assert not is_known_key_type({"kty": "EC", "crv": "secp256k1"})
     assert not is_known_key_type({})
+    assert not is_known_key_type({"kty": ["EC"]})
+    assert not is_known_key_type({"kty": "EC", "crv": ["P-256"]})
 
 
 def test_x5_32_x5c_is_standard_padded_base64() -> None:

@@ -78,8 +78,9 @@ def is_known_key_type(members: Mapping[str, object]) -> bool:
     """
     kty = members.get("kty")
     if kty == "EC":
-        return members.get("crv") in _CURVES
-    return kty in KNOWN_KEY_TYPES
+        crv = members.get("crv")
+        return isinstance(crv, str) and crv in _CURVES
+    return isinstance(kty, str) and kty in KNOWN_KEY_TYPES
 
 
 def public_key_to_jwk(key: JwtAuthority) -> dict[str, str]:
