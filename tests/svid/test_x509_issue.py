@@ -326,3 +326,17 @@ def test_unsupported_key_refused(root: tuple[x509.Certificate, PrivateKey]) -> N
 def test_naive_now_refused() -> None:
     with pytest.raises(X509IssueError, match="timezone-aware"):
         create_root_ca(TD, generate_key(), now=datetime(2026, 1, 1))
+
+
+def test_private_key_in_place_of_public_key_refused(
+    root: tuple[x509.Certificate, PrivateKey],
+) -> None:
+    cert, key = root
+    with pytest.raises(X509IssueError, match="public key or a CSR"):
+        create_x509_svid(
+            WID,
+            generate_key(),  # type: ignore[arg-type]
+            signer_cert=cert,
+            signer_key=key,
+            now=T0,
+        )

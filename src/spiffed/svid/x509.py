@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -66,9 +67,11 @@ def describe(cert: x509.Certificate) -> str:
     return f"certificate {name!r} (serial {cert.serial_number:#x})"
 
 
-def _ext(
-    cert: x509.Certificate, kind: type[x509.ExtensionType], rule: str
-) -> x509.Extension | None:  # type: ignore[type-arg]
+_E = TypeVar("_E", bound=x509.ExtensionType)
+
+
+def _ext(cert: x509.Certificate, kind: type[_E], rule: str) -> x509.Extension[_E] | None:
+    """The extension of class ``kind``, None when absent; malformed ones raise for ``rule``."""
     try:
         return cert.extensions.get_extension_for_class(kind)
     except x509.ExtensionNotFound:

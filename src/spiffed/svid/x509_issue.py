@@ -265,11 +265,15 @@ def _subject_key(public_key: PublicKey | x509.CertificateSigningRequest) -> Publ
             raise X509IssueError(
                 f"CSR for {public_key.subject.rfc4514_string()!r} has an invalid signature"
             )
-        key = public_key.public_key()
+        key: object = public_key.public_key()
     else:
         key = public_key
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise X509IssueError(
+            f"subject key must be an EC or RSA public key or a CSR, not {type(key).__name__}"
+        )
     _checked_key(key, "subject public key")
-    return key  # type: ignore[return-value]
+    return key
 
 
 def create_x509_svid(
