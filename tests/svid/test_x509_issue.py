@@ -340,3 +340,17 @@ def test_private_key_in_place_of_public_key_refused(
             signer_key=key,
             now=T0,
         )
+
+
+def test_x5_10_intermediate_under_path_len_zero_refused() -> None:
+    key = generate_key()
+    root = create_root_ca(TD, key, now=T0, path_len=0)
+    assert root.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0
+    with pytest.raises(X509IssueError, match="pathLenConstraint 0"):
+        create_intermediate_ca(
+            TD, generate_key().public_key(), signer_cert=root, signer_key=key, now=T0
+        )
+    leaf = create_x509_svid(
+        WID, generate_key().public_key(), signer_cert=root, signer_key=key, now=T0
+    )
+    lint_leaf(leaf)

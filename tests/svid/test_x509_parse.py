@@ -213,3 +213,9 @@ def test_wa_24_random_key_bytes_with_valid_chain_raise_only_x509_svid_error(
 def test_wa_23_garbage_in_chain_raises_only_x509_svid_error(prefix: bytes, leaf: Leaf) -> None:
     with pytest.raises(X509SvidError):
         X509Svid.parse_der(prefix + chain_der(leaf.chain), pkcs8(leaf.key))
+
+
+@given(chain=st.binary(max_size=300), key=st.binary(max_size=200))
+def test_random_pem_input_raises_only_x509_svid_error(chain: bytes, key: bytes) -> None:
+    with pytest.raises(X509SvidError):
+        X509Svid.parse_pem(b"-----BEGIN CERTIFICATE-----\n" + chain, key)

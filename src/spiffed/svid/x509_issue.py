@@ -150,7 +150,14 @@ def _ca_extensions(
     )
 
 
-def _signer_ready(signer_cert: x509.Certificate, signer_key: PrivateKey, now: datetime) -> None:
+def _signer_ready(
+    signer_cert: x509.Certificate,
+    signer_key: PrivateKey,
+    now: datetime,
+    *,
+    for_ca: bool = False,
+) -> None:
+    """Raise unless ``signer_cert`` is an unexpired CA whose key is ``signer_key``."""
     _checked_key(signer_key, "signer key")
     if signer_cert.public_key() != signer_key.public_key():
         raise X509IssueError(
@@ -164,6 +171,11 @@ def _signer_ready(signer_cert: x509.Certificate, signer_key: PrivateKey, now: da
     if not bc.ca:
         raise X509IssueError(
             f"signer {signer_cert.subject.rfc4514_string()!r} is not a CA (basicConstraints)"
+        )
+    if for_ca and bc.path_length == 0:
+        raise X509IssueError(
+            f"signer {signer_cert.subject.rfc4514_string()!r} has pathLenConstraint 0 "
+            "and cannot issue CA certificates"
         )
     if signer_cert.not_valid_after_utc <= now:
         raise X509IssueError(
@@ -235,7 +247,7 @@ def create_intermediate_ca(
             f"trust_domain must be a TrustDomain, not {type(trust_domain).__name__}"
         )
     start = _now(now)
-    _signer_ready(signer_cert, signer_key, start)
+    _signer_ready(signer_cert, signer_key, start, for_ca=True)
     key = _subject_key(public_key)
     serial = _serial()
     if subject is None:
