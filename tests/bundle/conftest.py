@@ -104,11 +104,9 @@ def jwk_members(key: JwtAuthority) -> dict[str, str]:
 
 def x509_entry(cert: x509.Certificate, **extra: Any) -> dict[str, Any]:
     """A well-formed x509-svid JWK for ``cert``; ``extra`` overrides or adds members."""
-    entry: dict[str, Any] = {
-        "use": "x509-svid",
-        **jwk_members(cert.public_key()),
-        "x5c": [x5c(cert)],
-    }  # type: ignore[arg-type]
+    key = cert.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+    entry: dict[str, Any] = {"use": "x509-svid", **jwk_members(key), "x5c": [x5c(cert)]}
     entry.update(extra)
     return entry
 

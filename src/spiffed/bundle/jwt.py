@@ -62,7 +62,9 @@ class JwtBundle:
         obj = _json.loads(data, what=where)
         if not isinstance(obj, dict):
             raise BundleError(f"{where}: must be a JSON object, not {_json.type_name(obj)}")
-        keys = obj.get("keys")
+        if "keys" not in obj:
+            raise BundleError(f"{where}: member 'keys' is required")
+        keys = obj["keys"]
         if not isinstance(keys, list):
             raise BundleError(
                 f"{where}: member 'keys' must be an array, not {_json.type_name(keys)}"
