@@ -482,3 +482,21 @@ def test_row_18_amb_10_lower_sequence_is_older() -> None:
     assert not SpiffeBundle(TD, sequence=None).is_older_than(stored)
     with pytest.raises(BundleError, match="cannot order"):
         SpiffeBundle(OTHER_TD, sequence=1).is_older_than(stored)
+
+
+def test_wa_25_certificate_with_unknown_version_is_a_bundle_error() -> None:
+    """An attacker-made DER bundle whose certificate claims X.509 v4 gets BundleError."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from spiffed.bundle import BundleError, X509Bundle
+    from spiffed.bundle.x509 import split_der_certificates
+    from spiffed.spiffeid import TrustDomain
+    from tests.server.nodeattestor.pki import make_cert
+
+    der = bytearray(make_cert("ca", ca=True).cert.public_bytes(Encoding.DER))
+    marker = der.find(bytes.fromhex("a003020102"))
+    der[marker + 4] = 0x03  # version v4 does not exist
+    with pytest.raises(BundleError, match="malformed"):
+        split_der_certificates(bytes(der))
+    with pytest.raises(BundleError):
+        X509Bundle.parse_der(TrustDomain("example.org"), bytes(der))

@@ -96,7 +96,7 @@ def split_der_certificates(data: bytes, *, what: str = "DER data") -> list[x509.
             raise BundleError(f"{what}: DER certificate at byte {start} is truncated")
         try:
             certs.append(x509.load_der_x509_certificate(data[start:end]))
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise BundleError(f"{what}: certificate at byte {start} is malformed: {exc}") from None
         pos = end
     return certs
