@@ -438,6 +438,19 @@ def test_member_of() -> None:
     assert not sid.member_of(TrustDomain("sub.example.org"))
 
 
+def test_member_of_and_matchers_refuse_strings() -> None:
+    """A str where a TrustDomain/SpiffeId belongs is an error, never a silent 'no match'."""
+    sid = SpiffeId.parse("spiffe://example.org/a")
+    with pytest.raises(SpiffeIdError, match=r"TrustDomain\.parse"):
+        sid.member_of("example.org")  # type: ignore[arg-type]
+    with pytest.raises(SpiffeIdError, match=r"TrustDomain\.parse"):
+        match_member_of("example.org")  # type: ignore[arg-type]
+    with pytest.raises(SpiffeIdError, match=r"SpiffeId\.parse"):
+        match_id("spiffe://example.org/a")  # type: ignore[arg-type]
+    with pytest.raises(SpiffeIdError, match=r"SpiffeId\.parse"):
+        match_one_of([sid, "spiffe://example.org/b"])  # type: ignore[list-item]
+
+
 def test_value_objects_are_immutable() -> None:
     sid = SpiffeId.parse("spiffe://example.org/a")
     with pytest.raises(AttributeError):

@@ -234,7 +234,15 @@ class SpiffeId:
         return not self.path
 
     def member_of(self, trust_domain: TrustDomain) -> bool:
-        """True when this ID belongs to ``trust_domain``."""
+        """True when this ID belongs to ``trust_domain``.
+
+        A plain string is refused rather than silently compared unequal.
+        """
+        if not isinstance(trust_domain, TrustDomain):
+            raise SpiffeIdError(
+                f"member_of needs a TrustDomain, not {type(trust_domain).__name__} "
+                f"({trust_domain!r}); use TrustDomain.parse()"
+            )
         return self.trust_domain == trust_domain
 
     def __str__(self) -> str:
@@ -266,18 +274,34 @@ def match_any() -> Matcher:
 
 def match_id(expected: SpiffeId) -> Matcher:
     """Accept exactly ``expected``."""
+    if not isinstance(expected, SpiffeId):
+        raise SpiffeIdError(
+            f"match_id needs a SpiffeId, not {type(expected).__name__} ({expected!r}); "
+            "use SpiffeId.parse()"
+        )
     return _NamedMatcher(f"exactly {expected}", lambda got: got == expected)
 
 
 def match_one_of(ids: Iterable[SpiffeId]) -> Matcher:
     """Accept any of ``ids``."""
     allowed = frozenset(ids)
+    for item in allowed:
+        if not isinstance(item, SpiffeId):
+            raise SpiffeIdError(
+                f"match_one_of needs SpiffeIds, not {type(item).__name__} ({item!r}); "
+                "use SpiffeId.parse()"
+            )
     shown = ", ".join(sorted(str(i) for i in allowed))
     return _NamedMatcher(f"one of [{shown}]", lambda got: got in allowed)
 
 
 def match_member_of(trust_domain: TrustDomain) -> Matcher:
     """Accept any ID in ``trust_domain``."""
+    if not isinstance(trust_domain, TrustDomain):
+        raise SpiffeIdError(
+            f"match_member_of needs a TrustDomain, not {type(trust_domain).__name__} "
+            f"({trust_domain!r}); use TrustDomain.parse()"
+        )
     return _NamedMatcher(
         f"any member of {trust_domain}", lambda got: got.trust_domain == trust_domain
     )
