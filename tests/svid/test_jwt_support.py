@@ -101,13 +101,13 @@ def unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def good_payload(**changes: Any) -> dict[str, Any]:
-    """A valid payload; a change to ``None`` removes the member."""
+def good_payload(at: datetime = NOW, **changes: Any) -> dict[str, Any]:
+    """A payload valid at ``at`` for 5 minutes; a change to ``None`` removes the member."""
     payload: dict[str, Any] = {
         "sub": str(ID),
         "aud": AUD,
-        "exp": int((NOW + timedelta(minutes=5)).timestamp()),
-        "iat": int(NOW.timestamp()),
+        "exp": int((at + timedelta(minutes=5)).timestamp()),
+        "iat": int(at.timestamp()),
     }
     for name, value in changes.items():
         if value is None:
