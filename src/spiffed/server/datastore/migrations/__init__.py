@@ -1,0 +1,1 @@
+"""Alembic migrations of the datastore schema, applied by :mod:`spiffed.server.datastore`."""
