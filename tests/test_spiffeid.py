@@ -566,6 +566,33 @@ def test_id_grammar_generated_ids_accepted_and_round_trip(text: str) -> None:
     assert TrustDomain.parse(text) == parsed.trust_domain
 
 
+@st.composite
+def near_limit_id_st(draw: st.DrawFn) -> str:
+    """A grammar-valid ID (ignoring length) of 2030..2070 bytes, random up to the padding."""
+    target = draw(st.integers(MAX_ID_LENGTH - 18, MAX_ID_LENGTH + 22))
+    text = "spiffe://" + draw(trust_domain_st)
+    for seg in draw(st.lists(segment_st, max_size=6)):
+        if len(text) + 1 + len(seg) > target - 2:
+            break
+        text += "/" + seg
+    return text + "/" + "z" * (target - len(text) - 1)
+
+
+@given(near_limit_id_st())
+def test_id_12_grammar_ids_accepted_exactly_up_to_the_limit(text: str) -> None:
+    """Grammar-generated IDs near 2048 bytes: accepted if and only if they fit (ID-12)."""
+    if len(text) <= MAX_ID_LENGTH:
+        assert str(SpiffeId.parse(text)) == text
+    else:
+        with pytest.raises(SpiffeIdError, match=f"{len(text)} bytes long"):
+            SpiffeId.parse(text)
+
+
+def test_trust_domain_constructor_points_to_parse_for_the_id_form() -> None:
+    with pytest.raises(SpiffeIdError, match=r"use TrustDomain\.parse"):
+        TrustDomain("spiffe://example.org")
+
+
 @given(grammar_id_st, st.integers(min_value=0), st.sampled_from(sorted(set(map(chr, range(128))))))
 def test_id_grammar_id_with_a_foreign_character_rejected(text: str, where: int, c: str) -> None:
     """Insert a character outside the allowed set after the scheme; it must be rejected."""

@@ -70,6 +70,8 @@ def _check_trust_domain(name: str, *, offset: int, whole: str) -> None:
                 hint = " (userinfo is not allowed)"
             elif c == "%":
                 hint = " (percent-encoding is not allowed)"
+            if c == ":" and name.startswith("spiffe:"):
+                hint = " (for the spiffe:// form use TrustDomain.parse)"
             raise SpiffeIdError(
                 f"trust domain character {_show_char(c)} at position {offset + i} of "
                 f"{whole!r} is not allowed{hint}; allowed are a-z 0-9 . - _"
