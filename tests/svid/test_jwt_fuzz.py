@@ -46,6 +46,8 @@ def _both(token: str) -> None:
 @example("a.b.c")
 @example("e30.e30.")
 @example("\udcff.\udcff.\udcff")
+@example(_TOKEN.split(".")[0] + ".\u00e9\udcff.AAAA")
+@example(_TOKEN.split(".")[0] + ".e30.\u00e9")
 def test_jwt_01_random_text_raises_only_jwtsvid_error(token: str) -> None:
     _both(token)
 

@@ -141,8 +141,8 @@ def split_compact(token: object) -> CompactJws:
 
     Rejects the JWS JSON serializations (row 13), JWE's five parts and any other part count
     (row 14), and a header that is not base64url of a UTF-8 JSON object. Payload and
-    signature are only checked for their alphabet here; the caller decodes them after
-    checking the header's ``alg`` (JWT-04).
+    signature are decoded later (:meth:`CompactJws.payload`, :meth:`CompactJws.signature`),
+    after the caller has checked the header's ``alg`` (JWT-04).
     """
     if not isinstance(token, str):
         raise JwtSvidError(f"JWT-SVID must be a string, not {type(token).__name__}")
@@ -164,14 +164,11 @@ def split_compact(token: object) -> CompactJws:
     if not header_b64:
         raise JwtSvidError("JWT-SVID header is empty")
     header = _json_object(_b64url_decode(header_b64, "header"), "header")
-    for part, what in ((payload_b64, "payload"), (signature_b64, "signature")):
-        if not _B64URL.fullmatch(part):
-            _b64url_decode(part, what)  # raises with the offending character
     return CompactJws(
         header=header,
         payload_b64=payload_b64,
         signature_b64=signature_b64,
-        signing_input=f"{header_b64}.{payload_b64}".encode("ascii"),
+        signing_input=f"{header_b64}.{payload_b64}".encode("utf-8", "surrogatepass"),
     )
 
 
