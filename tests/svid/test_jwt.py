@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -74,7 +75,7 @@ def test_jwt_02_header_is_exactly_alg_kid_typ() -> None:
     assert set(payload) == {"sub", "aud", "exp", "iat", "iss"}
 
 
-def test_jwt_16_es_signature_is_raw_r_s() -> None:
+def test_jwt_row_16_issuer_es_signature_is_raw_r_s() -> None:
     for kind, size in (("P-256", 64), ("P-384", 96), ("P-521", 132)):
         assert len(parts(good_token(kind))[2]) == size
 
@@ -358,3 +359,24 @@ def test_jwt_wrong_public_key_type_for_curve_is_rejected() -> None:
     with pytest.raises(JwtSvidError, match="signature"):
         validate(token)
     assert isinstance(key("P-521").public_key(), ec.EllipticCurvePublicKey)
+
+
+def test_jwt_09_broad_audience_is_a_should_not_enforced() -> None:
+    token = good_token(audience="spiffe://example.org/")
+    assert validate(token, audience="spiffe://example.org/").audience == ("spiffe://example.org/",)
+
+
+def test_jwt_14_token_fits_a_bearer_header() -> None:
+    token = good_token("RSA", audience=["a", "b"], extra_claims={"note": "caf\u00e9 \n"})
+    assert re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", token)
+    with pytest.raises(JwtSvidError):
+        validate("Bearer " + token)  # the caller strips the scheme, not the validator
+
+
+def test_jwt_16_key_chosen_by_kid_among_several_of_one_type() -> None:
+    two = bundle(TD, ("P-256", 0), ("P-256", 1))
+    token = forge(good_header(kid=kid("P-256", 1)), good_payload(), key("P-256", 1))
+    assert validate(token, two).key_id == kid("P-256", 1)
+    wrong = forge(good_header(kid=kid("P-256", 0)), good_payload(), key("P-256", 1))
+    with pytest.raises(JwtSvidError, match="signature"):
+        validate(wrong, two)
