@@ -380,3 +380,26 @@ def test_jwt_16_key_chosen_by_kid_among_several_of_one_type() -> None:
     wrong = forge(good_header(kid=kid("P-256", 0)), good_payload(), key("P-256", 1))
     with pytest.raises(JwtSvidError, match="signature"):
         validate(wrong, two)
+
+
+@pytest.mark.parametrize(
+    ("exp", "accepted"),
+    [(253402300799, True), (-62135596800, False), (0, False)],
+)
+def test_jwt_10_exp_at_the_edges_of_time(exp: int, accepted: bool) -> None:
+    token = forge(good_header(), good_payload(exp=exp, iat=None), key("P-256"))
+    if accepted:
+        assert validate(token).expiry.year == 9999
+    else:
+        with pytest.raises(JwtSvidError, match="expired"):
+            validate(token)
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", [253402300800, -62135596801, 10**20, -(10**20), 1e300])
+def test_jwt_12_times_out_of_range_are_errors(claim: str, value: float) -> None:
+    if claim == "exp" and isinstance(value, float):
+        value = 10**400  # exp must be an integer; make it a huge one
+    token = forge(good_header(), good_payload(**{claim: value}), key("P-256"))
+    with pytest.raises(JwtSvidError, match=f"'{claim}'"):
+        validate(token)

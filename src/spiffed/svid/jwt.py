@@ -44,7 +44,7 @@ DEFAULT_LEEWAY: Final = timedelta(minutes=1)
 
 _TYPES: Final = ("JWT", "JOSE")  # JWT-06, compared exactly (AMB-06)
 _SET_BY_ISSUER: Final = frozenset({"sub", "aud", "exp", "iat", "iss"})
-_MAX_TIMESTAMP: Final = 253402300799  # 9999-12-31T23:59:59Z, the last second datetime holds
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _is_int(value: object) -> bool:
@@ -56,9 +56,11 @@ def _is_number(value: object) -> bool:
 
 
 def _to_datetime(value: int | float, claim: str) -> datetime:
-    if not -_MAX_TIMESTAMP <= value <= _MAX_TIMESTAMP:
-        raise JwtSvidError(f"JWT-SVID claim {claim!r} = {value} is out of range")
-    return datetime.fromtimestamp(value, UTC)
+    """A NumericDate as an aware datetime; outside years 1..9999 is an error, never a crash."""
+    try:
+        return _EPOCH + timedelta(seconds=value)
+    except OverflowError:
+        raise JwtSvidError(f"JWT-SVID claim {claim!r} = {value} is out of range") from None
 
 
 def _check_header(header: Mapping[str, Any], *, allow_missing_kid: bool) -> str:
@@ -262,14 +264,14 @@ class JwtSvid:
                 f"JWT-SVID 'aud' {list(svid.audience)!r} does not contain the expected "
                 f"audience {missing[0]!r} (JWT-08)"
             )
-        if when >= svid.expiry + leeway:
+        if when - leeway >= svid.expiry:
             raise JwtSvidError(
                 f"JWT-SVID expired at {svid.expiry.isoformat()} (now {when.isoformat()}, "
                 f"leeway {leeway.total_seconds():g}s) (JWT-10)"
             )
         if "nbf" in svid.claims:
             not_before = _to_datetime(svid.claims["nbf"], "nbf")
-            if when + leeway < not_before:
+            if when - not_before < -leeway:
                 raise JwtSvidError(
                     f"JWT-SVID is not valid before {not_before.isoformat()} "
                     f"(now {when.isoformat()}) (JWT-12)"
