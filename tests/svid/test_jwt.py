@@ -21,6 +21,7 @@ from .test_jwt_support import (
     TD,
     TD_B,
     Bundles,
+    b64,
     bundle,
     forge,
     good_header,
@@ -403,3 +404,31 @@ def test_jwt_12_times_out_of_range_are_errors(claim: str, value: float) -> None:
     token = forge(good_header(), good_payload(**{claim: value}), key("P-256"))
     with pytest.raises(JwtSvidError, match=f"'{claim}'"):
         validate(token)
+
+
+def test_jwt_01_duplicate_members_rejected() -> None:
+    """Two parsers could read a duplicated 'alg' or 'sub' differently; such tokens fail."""
+    token = good_token()
+    h, p, s = token.split(".")
+    dup_header = b64(b'{"alg":"ES256","alg":"none","kid":"P-256-0"}')
+    with pytest.raises(JwtSvidError, match="duplicate member 'alg'"):
+        validate(f"{dup_header}.{p}.{s}")
+    dup_payload = b64(b'{"sub":"spiffe://example.org/a","sub":"spiffe://example.org/b"}')
+    with pytest.raises(JwtSvidError, match="duplicate member 'sub'"):
+        validate(f"{h}.{dup_payload}.{s}")
+
+
+def test_jwt_01_non_canonical_base64url_rejected() -> None:
+    """A 64-byte signature leaves 4 spare bits in its last character; setting them is an
+    alternative spelling of the same bytes and is rejected."""
+    h, p, s = good_token().split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(s[-1])
+    spelled = s[:-1] + alphabet[last | 0b0001]
+    if spelled == s:
+        spelled = s[:-1] + alphabet[last | 0b0010]
+    assert unb64(spelled) == unb64(s)
+    with pytest.raises(JwtSvidError, match="canonical"):
+        validate(f"{h}.{p}.{spelled}")
+    with pytest.raises(JwtSvidError, match="not base64url"):
+        validate(f"{h}.{p}.{s}=")
