@@ -432,3 +432,11 @@ def test_jwt_01_non_canonical_base64url_rejected() -> None:
         validate(f"{h}.{p}.{spelled}")
     with pytest.raises(JwtSvidError, match="not base64url"):
         validate(f"{h}.{p}.{s}=")
+
+
+@pytest.mark.parametrize("token", [None, b"a.b.c", 5, ""])
+def test_jwt_01_token_must_be_a_non_empty_string(token: object) -> None:
+    with pytest.raises(JwtSvidError, match=r"string|empty"):
+        validate(token)  # type: ignore[arg-type]
+    with pytest.raises(JwtSvidError, match=r"string|empty"):
+        JwtSvid.parse_insecure(token)  # type: ignore[arg-type]

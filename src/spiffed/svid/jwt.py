@@ -182,7 +182,7 @@ class JwtSvid:
         return self.token
 
     @classmethod
-    def _parse(cls, token: object, *, allow_missing_kid: bool) -> tuple[JwtSvid, CompactJws, str]:
+    def _parse(cls, token: str, *, allow_missing_kid: bool) -> tuple[JwtSvid, CompactJws, str]:
         """Structure and claim checks shared by both parsers; returns (svid, jws, alg)."""
         jws = jwt_jose.split_compact(token)
         alg = _check_header(jws.header, allow_missing_kid=allow_missing_kid)
@@ -192,7 +192,6 @@ class JwtSvid:
         expiry, issued_at = _check_times(payload)
         claims = dict(payload)
         claims["aud"] = list(audience)
-        assert isinstance(token, str)  # split_compact checked it
         svid = cls(
             spiffe_id=spiffe_id,
             audience=audience,
