@@ -7,7 +7,6 @@ import re
 from datetime import timedelta
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from spiffed.svid.jwt import DEFAULT_LEEWAY, JwtSvid, JwtSvidError, sign_jwt_svid
 
@@ -359,7 +358,6 @@ def test_jwt_wrong_public_key_type_for_curve_is_rejected() -> None:
     token = forge(good_header("P-521"), good_payload(), key("P-256"), alg="ES256")
     with pytest.raises(JwtSvidError, match="signature"):
         validate(token)
-    assert isinstance(key("P-521").public_key(), ec.EllipticCurvePublicKey)
 
 
 def test_jwt_09_broad_audience_is_a_should_not_enforced() -> None:
