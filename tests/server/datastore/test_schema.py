@@ -103,3 +103,20 @@ def test_postgres_connection_strings() -> None:
 async def test_unknown_database_type() -> None:
     with pytest.raises(InvalidArgumentError, match="'mysql' is not supported"):
         await open_datastore("mysql", "x")
+
+
+async def test_migrated_schema_matches_schema_module(backend: Backend) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from spiffed.server.datastore import schema
+
+    store = await backend.open()
+    try:
+        async with store.engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), schema.METADATA)
+            )
+    finally:
+        await store.close()
+    assert diff == []
