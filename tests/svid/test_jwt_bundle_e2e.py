@@ -49,3 +49,18 @@ def test_jwt_17_row_17_x509_svid_entry_with_matching_kid_is_never_a_jwt_key() ->
     assert bundle.x509_authorities, "the X.509 authority itself is kept"
     with pytest.raises(JwtSvidError):
         JwtSvid.parse_and_validate(token(ca.key, "k1"), bundle, ["api"], now=NOW)
+
+
+def test_jwt_18_a_source_answering_with_another_trust_domains_bundle_is_refused() -> None:
+    """A confused (or hostile) source must not let td-b's key vouch for a td-a subject."""
+    from spiffed.bundle import JwtBundle
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    foreign = JwtBundle(TrustDomain("other.org"), {"k1": key.public_key()})
+
+    class Confused:
+        def get_jwt_bundle_for_trust_domain(self, _td: TrustDomain) -> JwtBundle:
+            return foreign
+
+    with pytest.raises(JwtSvidError, match="returned the JWT bundle of other.org"):
+        JwtSvid.parse_and_validate(token(key, "k1"), Confused(), ["api"], now=NOW)

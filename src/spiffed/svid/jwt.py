@@ -250,6 +250,10 @@ class JwtSvid:
                 f"no JWT bundle for trust domain {td} of 'sub' {svid.spiffe_id}; "
                 "the token is untrusted (JWT-18)"
             )
+        if bundle.trust_domain != td:
+            raise JwtSvidError(
+                f"bundle source returned the JWT bundle of {bundle.trust_domain} for {td} (JWT-18)"
+            )
         keys = _candidate_keys(bundle, svid.key_id, alg)
         if not any(jwt_jose.verify(jws.signing_input, signature, key, alg) for key in keys):
             which = f"key {svid.key_id!r}" if svid.key_id else f"any {alg} key"
