@@ -62,5 +62,5 @@ def test_jwt_18_a_source_answering_with_another_trust_domains_bundle_is_refused(
         def get_jwt_bundle_for_trust_domain(self, _td: TrustDomain) -> JwtBundle:
             return foreign
 
-    with pytest.raises(JwtSvidError, match="returned the JWT bundle of other.org"):
+    with pytest.raises(JwtSvidError, match=r"returned the JWT bundle of other\.org"):
         JwtSvid.parse_and_validate(token(key, "k1"), Confused(), ["api"], now=NOW)
