@@ -21,8 +21,9 @@ from spiffed.server.datastore import (
     NotFoundError,
     RegistrationEntry,
     Selector,
+    open_datastore,
 )
-from tests.server.datastore.conftest import Backend
+from tests.server.datastore.conftest import Backend, PostgresServer
 
 
 def entry(path: str, *feds: str) -> RegistrationEntry:
@@ -215,3 +216,97 @@ async def test_concurrent_writers_events_in_order(backend: Backend) -> None:
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_write_transaction_rolls_back_on_error(ds: DataStore) -> None:
+    import sqlalchemy as sa
+
+    from spiffed.server.datastore import schema
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        async with ds._write() as conn:
+            await conn.execute(sa.insert(schema.join_tokens).values(token="half", expiry=1))
+            raise Boom
+    with pytest.raises(NotFoundError):
+        await ds.consume_join_token("half")
+
+
+async def test_event_reader_never_skips_with_concurrent_writers(backend: Backend) -> None:
+    writers = [await backend.open() for _ in range(3)]
+    reader = await backend.open()
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def follow() -> None:
+        while True:
+            finished = done.is_set()
+            for ev in await reader.list_events(seen[-1] if seen else 0):
+                seen.append(ev.id)
+            if finished:
+                return
+            await asyncio.sleep(0)
+
+    async def write(i: int, store: DataStore) -> None:
+        for k in range(15):
+            await store.create_entry(entry(f"/w{i}-{k}"))
+
+    try:
+        follower = asyncio.create_task(follow())
+        await asyncio.gather(*(write(i, s) for i, s in enumerate(writers)))
+        done.set()
+        await follower
+        every = [ev.id for ev in await reader.list_events()]
+        assert len(every) == 45
+        assert seen == every
+    finally:
+        for s in [*writers, reader]:
+            await s.close()
+
+
+async def test_postgres_event_ids_commit_in_order(postgres_server: PostgresServer) -> None:
+    """An event drawn later cannot commit before an earlier one (the advisory lock)."""
+    import time
+
+    import sqlalchemy as sa
+
+    name = "events_order"
+    await postgres_server.create_database(name)
+    conn_str = postgres_server.connection_string(name)
+    one, two = (
+        await open_datastore("postgres", conn_str),
+        await open_datastore("postgres", conn_str),
+    )
+    try:
+        async with one._write() as c1:
+            await one._append_events(c1, EventKind.ENTRY, ["first"])
+
+            async def second() -> None:
+                async with two._write() as c2:
+                    await two._append_events(c2, EventKind.ENTRY, ["second"])
+
+            task = asyncio.create_task(second())
+            deadline = time.monotonic() + 30
+            while True:  # until the second writer waits on the lock (or wrongly finished)
+                async with one.engine.connect() as probe:
+                    waiting = (
+                        await probe.execute(
+                            sa.text(
+                                "SELECT count(*) FROM pg_locks "
+                                "WHERE locktype = 'advisory' AND NOT granted"
+                            )
+                        )
+                    ).scalar_one()
+                if waiting or task.done():
+                    break
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            assert not task.done(), "second event committed while the first was pending"
+        await task
+        events = await one.list_events()
+        assert [ev.record_id for ev in events] == ["first", "second"]
+    finally:
+        await one.close()
+        await two.close()
