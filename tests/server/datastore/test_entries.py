@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import replace
 
@@ -22,6 +23,7 @@ from spiffed.server.datastore import (
     TrustDomainFilter,
     schema,
 )
+from tests.server.datastore.conftest import Backend
 
 TD = "spiffe://example.org"
 
@@ -299,3 +301,20 @@ async def test_prune_expired_entries(ds: DataStore) -> None:
     await ds.create_entry(entry("/old", "t:1", expires_at=1000))
     assert await ds.prune_entries(1500) == 1
     assert {e.id for e in (await ds.list_entries()).items} == {keep.id, later.id}
+
+
+async def test_concurrent_similar_creates_one_wins(backend: Backend) -> None:
+    stores = [await backend.open() for _ in range(3)]
+    try:
+        results = await asyncio.gather(
+            *(s.create_entry(entry("/same", "t:1", "t:2")) for s in stores for _ in range(3)),
+            return_exceptions=True,
+        )
+        made = [r for r in results if isinstance(r, RegistrationEntry)]
+        assert len(made) == 1
+        others = [r for r in results if not isinstance(r, RegistrationEntry)]
+        assert all(isinstance(r, AlreadyExistsError) and r.existing == made[0] for r in others)
+        assert await stores[0].count_entries() == 1
+    finally:
+        for s in stores:
+            await s.close()
