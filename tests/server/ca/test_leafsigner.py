@@ -135,3 +135,44 @@ def test_openssl_verifies_fast_leaves(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "make_key",
+    [
+        lambda: ec.generate_private_key(ec.SECP384R1()),
+        lambda: rsa.generate_private_key(65537, 2048),
+    ],
+)
+def test_csr_signatures_of_every_key_type_are_checked(make_key) -> None:
+    ca_cert, ca_key = ca(KeyType.EC_P256)
+    signer = LeafSigner(TD, ca_cert, ca_key)
+    key = make_key()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    assert signer.sign(ID, csr, ttl=dt.timedelta(minutes=5)).public_key() == key.public_key()
+    der = bytearray(csr.public_bytes(serialization.Encoding.DER))
+    der[-5] ^= 0x40  # flip a bit inside the signature
+    with pytest.raises(X509IssueError, match="invalid signature"):
+        signer.sign(ID, x509.load_der_x509_csr(bytes(der)), ttl=dt.timedelta(minutes=5))
+
+
+def test_rsa_pss_signed_csr_is_accepted() -> None:
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    ca_cert, ca_key = ca(KeyType.EC_P256)
+    key = rsa.generate_private_key(65537, 2048)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(
+            key,
+            hashes.SHA256(),
+            rsa_padding=padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+        )
+    )
+    leaf = LeafSigner(TD, ca_cert, ca_key).sign(ID, csr, ttl=dt.timedelta(minutes=5))
+    assert leaf.public_key() == key.public_key()

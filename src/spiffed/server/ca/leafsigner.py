@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from spiffed.keys import PrivateKey, PublicKey
 from spiffed.spiffeid import SpiffeId, TrustDomain
@@ -94,6 +96,34 @@ def _key_kind(key: object) -> str:
 
 
 _KINDS: dict[type, str] = {}
+
+
+def _csr_key(csr: x509.CertificateSigningRequest) -> CertificatePublicKeyTypes:
+    """The CSR's public key, after checking the CSR's self-signature with it.
+
+    Same check as ``csr.is_signature_valid``, done directly with the algorithm the CSR
+    declares, which costs less; any other algorithm falls back to the library's check.
+    """
+    key = csr.public_key()
+    params = csr.signature_algorithm_parameters
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
+            key.verify(csr.signature, csr.tbs_certrequest_bytes, params)
+            return key
+        algorithm = csr.signature_hash_algorithm
+        if (
+            isinstance(key, rsa.RSAPublicKey)
+            and isinstance(params, padding.PKCS1v15 | padding.PSS)
+            and algorithm is not None
+        ):
+            key.verify(csr.signature, csr.tbs_certrequest_bytes, params, algorithm)
+            return key
+    except InvalidSignature:
+        pass
+    else:
+        if csr.is_signature_valid:
+            return key
+    raise X509IssueError(f"CSR for {csr.subject.rfc4514_string()!r} has an invalid signature")
 
 
 _OID_SAN = bytes.fromhex("0603551d11")
@@ -203,14 +233,11 @@ class LeafSigner:
         start = now or datetime.now(UTC)
         if start >= self._not_after:
             raise X509IssueError("the signing CA has expired")
-        if isinstance(public_key, x509.CertificateSigningRequest):
-            if not public_key.is_signature_valid:
-                raise X509IssueError(
-                    f"CSR for {public_key.subject.rfc4514_string()!r} has an invalid signature"
-                )
-            key = public_key.public_key()
-        else:
-            key = public_key
+        key = (
+            _csr_key(public_key)
+            if isinstance(public_key, x509.CertificateSigningRequest)
+            else (public_key)
+        )
         _key_kind(key)
         spki = key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
