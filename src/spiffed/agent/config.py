@@ -17,17 +17,16 @@ from spiffed.config import (
     Body,
     ConfigError,
     Decoded,
-    Item,
     Key,
     Kind,
     PluginCatalog,
     PluginConfig,
     decode_block,
     decode_plugins,
-    expand_env,
     parse_document,
     resolve_path,
 )
+from spiffed.config.loading import apply_overrides, read_config_text
 from spiffed.keys import KeyType
 from spiffed.spiffeid import SpiffeIdError, TrustDomain
 
@@ -292,36 +291,9 @@ def _build(root: Decoded, plugins: dict[str, list[PluginConfig]], cwd: Path) -> 
 
 def _apply_overrides(doc: Body, overrides: Mapping[str, str]) -> Body:
     """Put flag values into the ``agent`` block, replacing what the file says."""
-    agent_items = [i for i in doc if i.key == "agent"]
-    if len(agent_items) > 1:
-        raise ConfigError("agent", "is set more than once", line=agent_items[1].line)
-    agent = agent_items[0].value if agent_items else Body()
-    if not isinstance(agent, Body):
-        raise ConfigError("agent", "expected a block", line=agent_items[0].line)
-    replaced: dict[str, Item] = {}
-    for flag, text in overrides.items():
-        if flag in _BOOL_FLAGS:
-            if text.lower() in ("1", "t", "true"):
-                replaced[_BOOL_FLAGS[flag]] = Item(_BOOL_FLAGS[flag], True, None)
-            continue
-        name = FLAGS.get(flag)
-        if name is None:
-            raise ConfigError(f"-{flag}", "unknown flag")
-        if text == "" or (flag == "serverPort" and text.strip() == "0"):
-            continue  # Go's zero value: the flag was not given
-        value: str | int = text
-        if flag == "serverPort":
-            try:
-                value = int(text)
-            except ValueError:
-                raise ConfigError("-serverPort", f"{text!r} is not a port number") from None
-        replaced[name] = Item(name, value, None)
-    if not replaced:
-        return doc
-    items = [i for i in agent if i.key not in replaced] + list(replaced.values())
-    new_agent = Item("agent", Body(tuple(items), agent.line), agent.line)
-    rest = tuple(i for i in doc if i.key != "agent")
-    return Body((new_agent, *rest), doc.line)
+    return apply_overrides(
+        doc, "agent", overrides, flags=FLAGS, bool_flags=_BOOL_FLAGS, port_flags=("serverPort",)
+    )
 
 
 def parse_agent_config(
@@ -344,23 +316,8 @@ def load_agent_config(
 ) -> AgentConfig:
     """Read ``path`` (SPIRE's default ``conf/agent/agent.conf`` when None or empty) and apply
     the ``run`` flags in ``overrides``; ``overrides["expandEnv"]`` expands ``$VAR`` first."""
-    flags = dict(overrides)
-    expand = flags.pop("expandEnv", "").lower() in ("1", "t", "true")
-    flags.pop("config", None)
-    file = Path(path) if path else Path(DEFAULT_CONFIG_PATH)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            "-config", f"could not find config file {file.absolute()}: please use the -config flag"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            "-config", f"unable to read configuration at {str(file)!r}: {exc}"
-        ) from None
-    if expand:
-        text = expand_env(text)
+    text, shown, flags = read_config_text(path, DEFAULT_CONFIG_PATH, overrides)
     try:
         return parse_agent_config(text, flags)
     except ConfigError as exc:
-        raise exc.with_source(str(file)) from None
+        raise exc.with_source(shown) from None

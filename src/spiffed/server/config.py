@@ -21,15 +21,14 @@ from spiffed.config import (
     Body,
     ConfigError,
     Decoded,
-    Item,
     Key,
     Kind,
     decode_block,
-    expand_env,
     format_duration,
     parse_document,
     reference_rows,
 )
+from spiffed.config.loading import apply_overrides, read_config_text
 from spiffed.config.plugins import PLUGIN_KEYS, PluginCatalog, PluginConfig, decode_plugins
 from spiffed.keys import KeyType, UnsupportedKeyError
 from spiffed.nodeattestation.x509pop import DEFAULT_TEMPLATE as X509POP_DEFAULT_TEMPLATE
@@ -504,31 +503,15 @@ def _build(root: Decoded, plugins: dict[str, list[PluginConfig]]) -> ServerConfi
 
 def _apply_overrides(doc: Body, overrides: Mapping[str, str]) -> Body:
     """Put flag values into the ``server`` block, replacing what the file says."""
-    server_items = [i for i in doc if i.key == "server"]
-    if len(server_items) > 1:
-        raise ConfigError("server", "is set more than once", line=server_items[1].line)
-    server = server_items[0].value if server_items else Body()
-    if not isinstance(server, Body):
-        raise ConfigError("server", "expected a block", line=server_items[0].line)
-    replaced: dict[str, Item] = {}
-    for flag, text in overrides.items():
-        name = FLAGS.get(flag)
-        if name is None:
-            raise ConfigError(f"-{flag}", "unknown flag")
-        if text == "" or (flag == "serverPort" and text.strip() == "0"):
-            continue  # Go's zero value: the flag was not given
-        value: str | bool = text
-        if flag == "logSourceLocation":
-            value = text.lower() in ("1", "t", "true")
-            if not value:
-                continue
-        replaced[name] = Item(name, value, None)
-    if not replaced:
-        return doc
-    items = [i for i in server if i.key not in replaced] + list(replaced.values())
-    new_server = Item("server", Body(tuple(items), server.line), server.line)
-    rest = tuple(i for i in doc if i.key != "server")
-    return Body((new_server, *rest), doc.line)
+    string_flags = {f: k for f, k in FLAGS.items() if f != "logSourceLocation"}
+    return apply_overrides(
+        doc,
+        "server",
+        overrides,
+        flags=string_flags,
+        bool_flags={"logSourceLocation": "log_source_location"},
+        port_flags=("serverPort",),
+    )
 
 
 def parse_server_config(
@@ -557,21 +540,7 @@ def load_server_config(
     ``-expandEnv`` does. ``overrides["config"]`` is ignored (that is ``path``). Relative
     paths in the file are taken from the current working directory, as SPIRE does.
     """
-    flags = dict(overrides)
-    expand = flags.pop("expandEnv", "").lower() in ("1", "t", "true")
-    flags.pop("config", None)
-    file = Path(path) if path else Path(DEFAULT_CONFIG_PATH)
-    shown = str(file)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            "-config", f"could not find config file {file.absolute()}: please use the -config flag"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("-config", f"unable to read configuration at {shown!r}: {exc}") from None
-    if expand:
-        text = expand_env(text)
+    text, shown, flags = read_config_text(path, DEFAULT_CONFIG_PATH, overrides)
     try:
         return parse_server_config(text, flags)
     except ConfigError as exc:
