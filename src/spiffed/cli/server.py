@@ -112,6 +112,50 @@ def validate(config_path: str, expand_env: bool, **flags: Any) -> None:
     click.echo(VALID_MESSAGE)
 
 
+@cli.command()
+@config_flags
+def run(config_path: str, expand_env: bool, **flags: Any) -> None:
+    """Runs the server."""
+    from spiffed.server.config import load_server_config
+    from spiffed.server.run import run as run_server
+
+    try:
+        config = load_server_config(config_path or None, _overrides(expand_env, flags))
+    except ConfigError as exc:
+        click.echo(f"{INVALID_PREFIX}{exc}", err=True)
+        sys.exit(1)
+    sys.exit(run_server(config))
+
+
+DEFAULT_SOCKET_PATH = "/tmp/spire-server/private/api.sock"  # noqa: S108 - SPIRE's default
+
+
+@cli.command()
+@click.option(
+    "-socketPath",
+    "--socketPath",
+    "socket_path",
+    default=DEFAULT_SOCKET_PATH,
+    metavar="PATH",
+    help="Path to the SPIRE Server API socket",
+)
+@click.option("-shallow", "--shallow", is_flag=True, help="Perform a less stringent health check")
+@click.option("-verbose", "--verbose", is_flag=True, help="Print verbose information")
+def healthcheck(socket_path: str, shallow: bool, verbose: bool) -> None:
+    """Determines server health status."""
+    import asyncio
+
+    from spiffed.cli._spire import check_health
+
+    ok, detail = asyncio.run(check_health(socket_path, verbose=verbose))
+    if not ok:
+        if verbose and detail:
+            click.echo(detail, err=True)
+        click.echo("Server is unhealthy: unable to determine health", err=True)
+        sys.exit(1)
+    click.echo("Server is healthy.")
+
+
 def _plugin_notes(config: ServerConfig) -> list[tuple[str, str]]:
     """Let each built-in plugin that can check its settings without side effects do so
     (SPIRE's ``validate`` asks every plugin too): x509pop loads its CA bundles."""

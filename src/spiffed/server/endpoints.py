@@ -1,0 +1,312 @@
+"""The server's listeners: the local Unix socket and the TLS port (SPIRE's endpoints).
+
+* Unix socket at ``socket_path``: every service plus gRPC Health (and logger/debug when
+  present); the caller is LOCAL, identified by SO_PEERCRED. The socket's directory is
+  created 0700, as SPIRE's ``private`` directory.
+* TCP at ``bind_address:bind_port``: TLS presenting the server SVID (renewed in place), a
+  client certificate requested but not required, trust anchors from the trust domain's
+  bundle. Health, logger and debug are not served here.
+
+Before any handler runs, the caller is worked out and the method's policy checked
+(:func:`spiffed.server.api.allowed`); a client certificate is verified again against the
+*current* bundle on every request, so a revoked root stops working at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography import x509
+from grpclib.const import Status
+from grpclib.events import RecvRequest, listen
+from grpclib.exceptions import GRPCError
+from grpclib.health.service import Health
+from grpclib.server import Server
+
+from spiffed import tls
+from spiffed._proto.spire.api.types import bundle_pb2
+from spiffed.bundle import X509Bundle
+from spiffed.grpcutil import GrpcUtilError, PeerCredentials, start_unix_server
+from spiffed.server.api import POLICY, Caller, Role, allowed, caller_context
+from spiffed.server.context import ServerContext
+from spiffed.spiffeid import SpiffeId, TrustDomain
+from spiffed.svid.x509 import X509SvidError, check_leaf, verify_chain
+
+__all__ = ["Endpoints", "LOCAL_ONLY_PREFIXES"]
+
+LOCAL_ONLY_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/spire.api.server.logger.v1.Logger/",
+    "/spire.api.server.debug.v1.Debug/",
+)
+"""Services SPIRE serves on the Unix socket only."""
+
+_log = structlog.get_logger("spiffed.server.endpoints")
+
+
+def _service_names(service: object) -> list[str]:
+    mapping: dict[str, Any] = service.__mapping__()  # type: ignore[attr-defined]
+    return list(mapping)
+
+
+def _is_local_only(service: object) -> bool:
+    return any(name.startswith(LOCAL_ONLY_PREFIXES) for name in _service_names(service))
+
+
+class _StaticSource:
+    """One X.509 bundle, as a bundle source for :func:`verify_chain`."""
+
+    def __init__(self, bundle: X509Bundle | None) -> None:
+        self._bundle = bundle
+
+    def get_x509_bundle_for_trust_domain(self, trust_domain: TrustDomain) -> X509Bundle | None:
+        if self._bundle is not None and self._bundle.trust_domain == trust_domain:
+            return self._bundle
+        return None
+
+
+def _bundle_roots(bundle: bundle_pb2.Bundle) -> list[x509.Certificate]:
+    roots = []
+    for authority in bundle.x509_authorities:
+        try:
+            roots.append(x509.load_der_x509_certificate(authority.asn1))
+        except ValueError:
+            continue
+    return roots
+
+
+def _peer_chain(ssl_object: Any) -> list[x509.Certificate]:
+    """The chain the TLS peer sent, leaf first (only its leaf if the runtime hides the rest)."""
+    inner = getattr(ssl_object, "_sslobj", None)
+    getter = getattr(inner, "get_unverified_chain", None) or getattr(
+        ssl_object, "get_unverified_chain", None
+    )
+    if getter is not None:
+        try:
+            certs = getter() or []
+            chain = [x509.load_der_x509_certificate(_der_of(c)) for c in certs]
+            if chain:
+                return chain
+        except (ValueError, TypeError):
+            pass
+    leaf = tls.peer_certificate(ssl_object)
+    return [leaf] if leaf is not None else []
+
+
+def _der_of(cert: Any) -> bytes:
+    if isinstance(cert, bytes):
+        return cert
+    der: bytes = cert.public_bytes(2)  # _ssl.ENCODING_DER
+    return der
+
+
+def _serial_matches(serial: int, stored: str) -> bool:
+    if not stored:
+        return False
+    if stored == str(serial):
+        return True
+    try:
+        return int(stored, 16) == serial
+    except ValueError:
+        return False
+
+
+class Endpoints:
+    """Runs the Unix-socket and TLS listeners for a set of services."""
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        services: Sequence[object],
+        *,
+        socket_path: Path,
+        bind_address: str,
+        bind_port: int,
+    ) -> None:
+        self._ctx = ctx
+        local_services: list[Any] = [*services, Health()]
+        tcp_services: list[Any] = [s for s in services if not _is_local_only(s)]
+        self._unix = Server(local_services)
+        self._tcp = Server(tcp_services)
+        self._socket_path = socket_path
+        self._bind = (bind_address, bind_port)
+        self._roots: list[x509.Certificate] = []
+        self._ssl: Any = None
+        self.tcp_address: tuple[str, int] | None = None
+        listen(self._unix, RecvRequest, self._on_unix_request)
+        listen(self._tcp, RecvRequest, self._on_tcp_request)
+
+    # --- bundle and SVID ---------------------------------------------------------------
+
+    def set_bundle(self, bundle: bundle_pb2.Bundle) -> None:
+        """Use ``bundle``'s X.509 authorities from now on (checks and new handshakes)."""
+        roots = _bundle_roots(bundle)
+        new = [r for r in roots if r not in self._roots]
+        self._roots = roots
+        if self._ssl is not None and new:
+            tls.add_trust_anchors(self._ssl, new)
+
+    def set_svid(self, chain: list[x509.Certificate], key: Any) -> None:
+        """Present a renewed server SVID on new handshakes."""
+        if self._ssl is not None:
+            tls.load_identity(self._ssl, chain, key)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start both listeners (the socket directory is created 0700)."""
+        svid = self._ctx.server_svid
+        self._ssl = tls.server_context(
+            svid.chain, svid.key, self._roots, require_client_certificate=False
+        )
+        await start_unix_server(self._unix, self._socket_path, dir_mode=0o700, socket_mode=0o770)
+        host, port = self._bind
+        try:
+            await self._tcp.start(host, port, ssl=self._ssl, reuse_address=True)
+        except OSError as exc:
+            self._unix.close()
+            raise GrpcUtilError(f"cannot listen on {host}:{port}: {exc}") from None
+        server: Any = self._tcp._server  # grpclib keeps the asyncio server privately
+        sockets = list(server.sockets) if server is not None else []
+        for sock in sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                addr = sock.getsockname()
+                self.tcp_address = (str(addr[0]), int(addr[1]))
+                break
+
+    async def stop(self) -> None:
+        """Stop accepting, let running calls finish, remove the socket file."""
+        self._tcp.close()
+        self._unix.close()
+        await self._tcp.wait_closed()
+        await self._unix.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self._socket_path.unlink()
+
+    # --- policy ------------------------------------------------------------------------
+
+    async def _on_unix_request(self, event: RecvRequest) -> None:
+        creds = self._local_credentials(event)
+        caller = Caller(local=creds, roles=frozenset({Role.ANY, Role.LOCAL}))
+        self._admit(event, caller)
+
+    def _local_credentials(self, event: RecvRequest) -> PeerCredentials | None:
+        transport = getattr(event.peer, "_transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or getattr(sock, "family", None) != socket.AF_UNIX:
+            return None
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        pid, uid, gid = struct.unpack("3i", raw)
+        return PeerCredentials(pid=pid, uid=uid, gid=gid)
+
+    async def _on_tcp_request(self, event: RecvRequest) -> None:
+        method = event.method_name
+        if method.startswith(LOCAL_ONLY_PREFIXES):
+            raise GRPCError(Status.PERMISSION_DENIED, "only served on the local socket")
+        addr = event.peer.addr()
+        address = f"{addr[0]}:{addr[1]}" if addr else None
+        caller = await self._tls_caller(event, method, address)
+        self._admit(event, caller)
+
+    def _admit(self, event: RecvRequest, caller: Caller) -> None:
+        if not allowed(event.method_name, caller):
+            who = str(caller.spiffe_id) if caller.spiffe_id else "caller"
+            raise GRPCError(
+                Status.PERMISSION_DENIED,
+                f"authorization denied for method {event.method_name}: {who} is not allowed",
+            )
+        handler = event.method_func
+
+        async def with_caller(stream: Any) -> None:
+            token = caller_context.set(caller)
+            try:
+                await handler(stream)
+            finally:
+                caller_context.reset(token)
+
+        event.method_func = with_caller
+
+    async def _tls_caller(self, event: RecvRequest, method: str, address: str | None) -> Caller:
+        transport = getattr(event.peer, "_transport", None)
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        chain = _peer_chain(ssl_object) if ssl_object is not None else []
+        if not chain:
+            return Caller(address=address)
+        spiffe_id = await self._verify(chain)
+        if spiffe_id is None:
+            raise GRPCError(Status.UNAUTHENTICATED, "client certificate is not a valid SVID")
+        roles = {Role.ANY}
+        wanted = POLICY.get(method, frozenset())
+        if Role.ANY not in wanted:
+            roles |= await self._roles(spiffe_id, chain[0], wanted)
+        return Caller(address=address, spiffe_id=spiffe_id, roles=frozenset(roles))
+
+    async def _verify(self, chain: list[x509.Certificate]) -> SpiffeId | None:
+        td = self._ctx.trust_domain
+        try:
+            leaf_td = check_leaf(chain[0]).trust_domain
+        except X509SvidError as exc:
+            _log.debug("client certificate refused", reason=str(exc))
+            return None
+        if leaf_td == td:
+            bundle: X509Bundle | None = X509Bundle(td, tuple(self._roots))
+        else:
+            bundle = await self._federated(leaf_td)
+        try:
+            spiffe_id, _ = verify_chain(chain, _StaticSource(bundle))
+        except X509SvidError as exc:
+            _log.debug("client certificate refused", reason=str(exc))
+            return None
+        return spiffe_id
+
+    async def _federated(self, td: TrustDomain) -> X509Bundle | None:
+        try:
+            stored = await self._ctx.datastore.get_bundle(str(td))
+        except Exception:
+            return None
+        bundle = bundle_pb2.Bundle()
+        bundle.ParseFromString(stored.data)
+        return X509Bundle(td, tuple(_bundle_roots(bundle)))
+
+    async def _roles(
+        self, spiffe_id: SpiffeId, leaf: x509.Certificate, wanted: frozenset[Role]
+    ) -> set[Role]:
+        from spiffed.server.datastore import EntryFilter, NotFoundError
+
+        ds = self._ctx.datastore
+        roles: set[Role] = set()
+        sid = str(spiffe_id)
+        if Role.ADMIN in wanted:
+            if spiffe_id in self._ctx.admin_ids:
+                roles.add(Role.ADMIN)
+            else:
+                page = await ds.list_entries(EntryFilter(by_spiffe_id=sid))
+                if any(e.admin for e in page.items):
+                    roles.add(Role.ADMIN)
+        if Role.DOWNSTREAM in wanted:
+            page = await ds.list_entries(EntryFilter(by_spiffe_id=sid, by_downstream=True))
+            if page.items:
+                roles.add(Role.DOWNSTREAM)
+        if Role.AGENT in wanted and spiffe_id.trust_domain == self._ctx.trust_domain:
+            try:
+                node = await ds.get_node(sid)
+            except NotFoundError:
+                node = None
+            if (
+                node is not None
+                and node.cert_serial_number
+                and leaf.not_valid_after_utc > datetime.now(UTC)
+                and (
+                    _serial_matches(leaf.serial_number, node.cert_serial_number)
+                    or _serial_matches(leaf.serial_number, node.new_cert_serial_number)
+                )
+            ):
+                roles.add(Role.AGENT)
+        return roles
