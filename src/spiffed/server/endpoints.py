@@ -91,10 +91,10 @@ def _peer_chain(ssl_object: Any) -> list[x509.Certificate]:
     if getter is not None:
         try:
             certs = getter() or []
-            chain = [x509.load_der_x509_certificate(_der_of(c)) for c in certs]
+            chain = [x509.load_der_x509_certificate(_der_of(c)) for c in certs if c is not None]
             if chain:
                 return chain
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, AttributeError):
             pass
     leaf = tls.peer_certificate(ssl_object)
     return [leaf] if leaf is not None else []
