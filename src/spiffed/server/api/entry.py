@@ -1,0 +1,282 @@
+"""``spire.api.server.entry.v1.Entry``: registration entries, as SPIRE's entry service.
+
+The agent-facing RPCs (GetAuthorizedEntries, SyncAuthorizedEntries) answer UNIMPLEMENTED
+until the agent API lands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+
+from spiffed._proto.spire.api.server.entry.v1 import entry_grpc, entry_pb2
+from spiffed._proto.spire.api.types import entry_pb2 as types_entry
+from spiffed._proto.spire.api.types import federateswith_pb2, selector_pb2
+from spiffed.server import datastore as ds
+from spiffed.server.api.convert import (
+    entry_from_proto,
+    entry_to_proto,
+    error_status,
+    ok_status,
+    rpc,
+    selector_from_proto,
+    spiffe_id_from_proto,
+    status_of,
+)
+from spiffed.server.context import ServerContext
+from spiffed.server.errors import ServerError
+from spiffed.spiffeid import SpiffeIdError, TrustDomain
+
+__all__ = ["EntryService", "MATCH_BEHAVIOR"]
+
+MATCH_BEHAVIOR = {
+    selector_pb2.SelectorMatch.MATCH_EXACT: ds.MatchBehavior.EXACT,
+    selector_pb2.SelectorMatch.MATCH_SUBSET: ds.MatchBehavior.SUBSET,
+    selector_pb2.SelectorMatch.MATCH_SUPERSET: ds.MatchBehavior.SUPERSET,
+    selector_pb2.SelectorMatch.MATCH_ANY: ds.MatchBehavior.ANY,
+}
+"""SPIRE's selector match modes as the datastore's (federates_with uses the same numbers)."""
+
+_MASK_FIELDS = {
+    "spiffe_id",
+    "parent_id",
+    "selectors",
+    "x509_svid_ttl",
+    "jwt_svid_ttl",
+    "federates_with",
+    "dns_names",
+    "admin",
+    "downstream",
+    "expires_at",
+    "hint",
+    "store_svid",
+}
+
+
+def _filter(flt: Any) -> ds.EntryFilter:
+    """The datastore filter for a List/CountEntriesRequest.Filter (SPIRE's messages)."""
+    out: dict[str, Any] = {}
+    for name, what in (("by_spiffe_id", "spiffe ID"), ("by_parent_id", "parent ID")):
+        if flt.HasField(name):
+            try:
+                out[name] = str(spiffe_id_from_proto(getattr(flt, name)))
+            except SpiffeIdError as exc:
+                raise ServerError(
+                    Status.INVALID_ARGUMENT, f"malformed {what} filter: {exc}"
+                ) from None
+    if flt.HasField("by_selectors"):
+        m = flt.by_selectors
+        if not m.selectors:
+            raise ServerError(
+                Status.INVALID_ARGUMENT, "malformed selectors filter: empty selector set"
+            )
+        try:
+            sels = tuple(selector_from_proto(s) for s in m.selectors)
+        except ServerError as exc:
+            raise ServerError(
+                Status.INVALID_ARGUMENT, f"malformed selectors filter: {exc.message}"
+            ) from None
+        if m.match not in MATCH_BEHAVIOR:
+            raise ServerError(
+                Status.INVALID_ARGUMENT, f"malformed selectors filter: unknown match {m.match}"
+            )
+        out["by_selectors"] = ds.SelectorFilter(sels, MATCH_BEHAVIOR[m.match])
+    if flt.HasField("by_federates_with"):
+        f = flt.by_federates_with
+        if not f.trust_domains:
+            raise ServerError(
+                Status.INVALID_ARGUMENT, "malformed federates with filter: empty trust domain set"
+            )
+        tds = []
+        for name in f.trust_domains:
+            try:
+                tds.append(TrustDomain.parse(name).name)
+            except SpiffeIdError as exc:
+                raise ServerError(
+                    Status.INVALID_ARGUMENT, f"malformed federates with filter: {exc}"
+                ) from None
+        modes = {
+            federateswith_pb2.FederatesWithMatch.MATCH_EXACT: ds.MatchBehavior.EXACT,
+            federateswith_pb2.FederatesWithMatch.MATCH_SUBSET: ds.MatchBehavior.SUBSET,
+            federateswith_pb2.FederatesWithMatch.MATCH_SUPERSET: ds.MatchBehavior.SUPERSET,
+            federateswith_pb2.FederatesWithMatch.MATCH_ANY: ds.MatchBehavior.ANY,
+        }
+        if f.match not in modes:
+            raise ServerError(
+                Status.INVALID_ARGUMENT, f"malformed federates with filter: unknown match {f.match}"
+            )
+        out["by_federates_with"] = ds.TrustDomainFilter(tuple(tds), modes[f.match])
+    if flt.HasField("by_hint"):
+        out["by_hint"] = flt.by_hint.value
+    if flt.HasField("by_downstream"):
+        out["by_downstream"] = flt.by_downstream.value
+    return ds.EntryFilter(**out)
+
+
+def _mask(req: Any, name: str = "output_mask") -> types_entry.EntryMask | None:
+    return getattr(req, name) if req.HasField(name) else None
+
+
+class EntryService(entry_grpc.EntryBase):
+    """Registration entries over the datastore, with SPIRE's validation and messages."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self._ctx = ctx
+
+    @property
+    def _ds(self) -> Any:
+        return self._ctx.datastore
+
+    @rpc
+    async def CountEntries(self, stream: Stream[Any, Any]) -> None:
+        """How many entries match the filter."""
+        req = await stream.recv_message()
+        assert req is not None
+        count = await self._ds.count_entries(_filter(req.filter))
+        await stream.send_message(entry_pb2.CountEntriesResponse(count=count))
+
+    @rpc
+    async def ListEntries(self, stream: Stream[Any, Any]) -> None:
+        """One page of the entries matching the filter (page_size 0 = all)."""
+        req = await stream.recv_message()
+        assert req is not None
+        if req.page_size < 0:
+            raise ServerError(Status.INVALID_ARGUMENT, "page size cannot be negative")
+        flt = _filter(req.filter)
+        try:
+            page = await self._ds.list_entries(
+                flt, page_size=req.page_size, page_token=req.page_token
+            )
+        except ds.InvalidArgumentError as exc:
+            raise ServerError(Status.INVALID_ARGUMENT, f"failed to list entries: {exc}") from None
+        mask = _mask(req)
+        await stream.send_message(
+            entry_pb2.ListEntriesResponse(
+                entries=[entry_to_proto(e, mask) for e in page.items],
+                next_page_token=page.next_token,
+            )
+        )
+
+    @rpc
+    async def GetEntry(self, stream: Stream[Any, Any]) -> None:
+        """One entry by ID."""
+        req = await stream.recv_message()
+        assert req is not None
+        if not req.id:
+            raise ServerError(Status.INVALID_ARGUMENT, "missing ID")
+        try:
+            entry = await self._ds.get_entry(req.id)
+        except ds.NotFoundError:
+            raise ServerError(Status.NOT_FOUND, "entry not found") from None
+        except ds.InvalidArgumentError:
+            raise ServerError(Status.NOT_FOUND, "entry not found") from None
+        await stream.send_message(entry_to_proto(entry, _mask(req)))
+
+    @rpc
+    async def BatchCreateEntry(self, stream: Stream[Any, Any]) -> None:
+        """Create each entry; a similar existing entry is ALREADY_EXISTS with that entry."""
+        req = await stream.recv_message()
+        assert req is not None
+        mask = _mask(req)
+        results = []
+        for msg in req.entries:
+            R = entry_pb2.BatchCreateEntryResponse.Result
+            try:
+                record = entry_from_proto(msg, self._ctx.trust_domain)
+            except ServerError as exc:
+                results.append(
+                    R(status=error_status(exc.status, f"failed to convert entry: {exc.message}"))
+                )
+                continue
+            try:
+                created = await self._ds.create_entry(record)
+            except ds.AlreadyExistsError as exc:
+                existing = exc.existing
+                res = R(status=error_status(Status.ALREADY_EXISTS, "similar entry already exists"))
+                if isinstance(existing, ds.RegistrationEntry):
+                    res.entry.CopyFrom(entry_to_proto(existing, mask))
+                else:
+                    res.status.message = str(exc)
+                results.append(res)
+                continue
+            except Exception as exc:
+                results.append(R(status=status_of(exc)))
+                continue
+            results.append(R(status=ok_status(), entry=entry_to_proto(created, mask)))
+        await stream.send_message(entry_pb2.BatchCreateEntryResponse(results=results))
+
+    @rpc
+    async def BatchUpdateEntry(self, stream: Stream[Any, Any]) -> None:
+        """Update the fields named by ``input_mask`` (all when absent) of each entry."""
+        req = await stream.recv_message()
+        assert req is not None
+        fields: frozenset[str] | None = None
+        if req.HasField("input_mask"):
+            fields = frozenset(f for f in _MASK_FIELDS if getattr(req.input_mask, f))
+        mask = _mask(req)
+        results = []
+        R = entry_pb2.BatchUpdateEntryResponse.Result
+        for msg in req.entries:
+            if not msg.id:
+                results.append(R(status=error_status(Status.INVALID_ARGUMENT, "missing ID")))
+                continue
+            try:
+                record = entry_from_proto(msg, self._ctx.trust_domain, fields=fields)
+            except ServerError as exc:
+                results.append(
+                    R(status=error_status(exc.status, f"failed to convert entry: {exc.message}"))
+                )
+                continue
+            try:
+                updated = await self._ds.update_entry(record, fields)
+            except ds.NotFoundError:
+                results.append(R(status=error_status(Status.NOT_FOUND, "entry not found")))
+                continue
+            except Exception as exc:
+                results.append(R(status=status_of(exc)))
+                continue
+            results.append(R(status=ok_status(), entry=entry_to_proto(updated, mask)))
+        await stream.send_message(entry_pb2.BatchUpdateEntryResponse(results=results))
+
+    @rpc
+    async def BatchDeleteEntry(self, stream: Stream[Any, Any]) -> None:
+        """Delete each entry by ID; one result per ID."""
+        req = await stream.recv_message()
+        assert req is not None
+        R = entry_pb2.BatchDeleteEntryResponse.Result
+        results = []
+        for entry_id in req.ids:
+            if not entry_id:
+                results.append(
+                    R(id=entry_id, status=error_status(Status.INVALID_ARGUMENT, "missing entry ID"))
+                )
+                continue
+            try:
+                await self._ds.delete_entry(entry_id)
+            except (ds.NotFoundError, ds.InvalidArgumentError):
+                results.append(
+                    R(id=entry_id, status=error_status(Status.NOT_FOUND, "entry not found"))
+                )
+                continue
+            except Exception as exc:
+                results.append(R(id=entry_id, status=status_of(exc)))
+                continue
+            results.append(R(id=entry_id, status=ok_status()))
+        await stream.send_message(entry_pb2.BatchDeleteEntryResponse(results=results))
+
+    async def GetAuthorizedEntries(self, stream: Stream[Any, Any]) -> None:
+        """Not served here: answers UNIMPLEMENTED."""
+        raise GRPCError(
+            Status.UNIMPLEMENTED,
+            "GetAuthorizedEntries is not implemented yet: the agent-facing entry API is pending",
+        )
+
+    async def SyncAuthorizedEntries(self, stream: Stream[Any, Any]) -> None:
+        """Not served here: answers UNIMPLEMENTED."""
+        raise GRPCError(
+            Status.UNIMPLEMENTED,
+            "SyncAuthorizedEntries is not implemented yet: the agent-facing entry API is pending",
+        )

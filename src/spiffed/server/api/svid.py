@@ -1,0 +1,177 @@
+"""``spire.api.server.svid.v1.SVID``: the admin minting RPCs (MintX509SVID, MintJWTSVID).
+
+The agent- and downstream-facing RPCs answer UNIMPLEMENTED until the agent API lands.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+
+from spiffed._proto.spire.api.server.svid.v1 import svid_grpc, svid_pb2
+from spiffed._proto.spire.api.types import jwtsvid_pb2, x509svid_pb2
+from spiffed.server.api.convert import (
+    MAX_TTL,
+    rpc,
+    spiffe_id_from_proto,
+    spiffe_id_to_proto,
+)
+from spiffed.server.context import ServerContext
+from spiffed.server.errors import ServerError
+from spiffed.spiffeid import SpiffeId, SpiffeIdError
+from spiffed.svid.jwt import JwtSvidError, sign_jwt_svid
+
+__all__ = ["SvidService"]
+
+
+def _ttl(ttl: int) -> timedelta | None:
+    if ttl < 0:
+        raise ServerError(Status.INVALID_ARGUMENT, "ttl must not be negative")
+    if ttl > MAX_TTL:
+        raise ServerError(Status.INVALID_ARGUMENT, f"ttl exceeds the maximum of {MAX_TTL}")
+    return timedelta(seconds=ttl) if ttl else None
+
+
+class SvidService(svid_grpc.SVIDBase):
+    """Mints X.509- and JWT-SVIDs for admins with the server's CA."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self._ctx = ctx
+
+    @rpc
+    async def MintX509SVID(self, stream: Stream[Any, Any]) -> None:
+        """Sign the CSR: its one URI SAN must be a SPIFFE ID of our trust domain."""
+        req = await stream.recv_message()
+        assert req is not None
+        td = self._ctx.trust_domain
+        if not req.csr:
+            raise ServerError(Status.INVALID_ARGUMENT, "missing CSR")
+        try:
+            csr = x509.load_der_x509_csr(req.csr)
+        except ValueError:
+            raise ServerError(Status.INVALID_ARGUMENT, "malformed CSR") from None
+        try:
+            sig_ok = csr.is_signature_valid
+        except Exception:
+            sig_ok = False
+        if not sig_ok:
+            raise ServerError(Status.INVALID_ARGUMENT, "failed to verify CSR signature")
+        try:
+            san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            san = x509.SubjectAlternativeName([])
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        if len(uris) != 1:
+            raise ServerError(Status.INVALID_ARGUMENT, "CSR must have exactly one URI SAN")
+        try:
+            sid = SpiffeId.parse(uris[0])
+        except SpiffeIdError as exc:
+            raise ServerError(Status.INVALID_ARGUMENT, f"CSR URI SAN is invalid: {exc}") from None
+        if not sid.member_of(td):
+            raise ServerError(
+                Status.INVALID_ARGUMENT,
+                f'CSR URI SAN is invalid: "{sid}" is not a member of trust domain "{td}"',
+            )
+        if sid.is_trust_domain_id:
+            raise ServerError(
+                Status.INVALID_ARGUMENT, f'CSR URI SAN is invalid: "{sid}" has no path'
+            )
+        dns = san.get_values_for_type(x509.DNSName)
+        for name in dns:
+            if not name or any(c.isspace() for c in name):
+                raise ServerError(Status.INVALID_ARGUMENT, f'CSR DNS name is invalid: "{name}"')
+        chain = self._ctx.ca.sign_x509_svid(sid, csr, ttl=_ttl(req.ttl), dns_names=dns)
+        await stream.send_message(
+            svid_pb2.MintX509SVIDResponse(
+                svid=x509svid_pb2.X509SVID(
+                    id=spiffe_id_to_proto(sid),
+                    cert_chain=[c.public_bytes(Encoding.DER) for c in chain],
+                    expires_at=int(chain[0].not_valid_after_utc.timestamp()),
+                )
+            )
+        )
+
+    @rpc
+    async def MintJWTSVID(self, stream: Stream[Any, Any]) -> None:
+        """Sign a JWT-SVID for ``id`` (our trust domain) and ``audience`` (at least one)."""
+        req = await stream.recv_message()
+        assert req is not None
+        td = self._ctx.trust_domain
+        if not req.HasField("id"):
+            raise ServerError(
+                Status.INVALID_ARGUMENT, "invalid SPIFFE ID: request must specify SPIFFE ID"
+            )
+        try:
+            sid = spiffe_id_from_proto(req.id)
+        except SpiffeIdError as exc:
+            raise ServerError(Status.INVALID_ARGUMENT, f"invalid SPIFFE ID: {exc}") from None
+        if not sid.member_of(td):
+            raise ServerError(
+                Status.INVALID_ARGUMENT,
+                f'invalid SPIFFE ID: "{sid}" is not a member of trust domain "{td}"',
+            )
+        if sid.is_trust_domain_id:
+            raise ServerError(Status.INVALID_ARGUMENT, f'invalid SPIFFE ID: "{sid}" has no path')
+        audience = list(req.audience)
+        if not audience or any(not a for a in audience):
+            raise ServerError(Status.INVALID_ARGUMENT, "at least one audience is required")
+        settings = self._ctx.ca.settings
+        ttl = _ttl(req.ttl) or settings.jwt_svid_ttl
+        kid, key, key_not_after = self._ctx.ca.jwt_signing_key()
+        now = datetime.now(UTC)
+        expires = min(now + ttl, key_not_after)
+        try:
+            token = sign_jwt_svid(
+                sid, audience, key, kid, expires, issued_at=now, issuer=settings.jwt_issuer
+            )
+        except JwtSvidError as exc:
+            raise ServerError(Status.INTERNAL, f"failed to sign JWT-SVID: {exc}") from None
+        await stream.send_message(
+            svid_pb2.MintJWTSVIDResponse(
+                svid=jwtsvid_pb2.JWTSVID(
+                    token=token,
+                    id=spiffe_id_to_proto(sid),
+                    expires_at=int(expires.timestamp()),
+                    issued_at=int(now.timestamp()),
+                )
+            )
+        )
+
+    async def MintWITSVID(self, stream: Stream[Any, Any]) -> None:
+        """Not served here: answers UNIMPLEMENTED."""
+        raise GRPCError(
+            Status.UNIMPLEMENTED, "MintWITSVID is not implemented: WIT-SVIDs are not supported"
+        )
+
+    async def BatchNewX509SVID(self, stream: Stream[Any, Any]) -> None:
+        """Not served here: answers UNIMPLEMENTED."""
+        raise GRPCError(
+            Status.UNIMPLEMENTED,
+            "BatchNewX509SVID is not implemented yet: the agent-facing SVID API is pending",
+        )
+
+    async def NewJWTSVID(self, stream: Stream[Any, Any]) -> None:
+        """Not served here: answers UNIMPLEMENTED."""
+        raise GRPCError(
+            Status.UNIMPLEMENTED,
+            "NewJWTSVID is not implemented yet: the agent-facing SVID API is pending",
+        )
+
+    async def BatchNewWITSVID(self, stream: Stream[Any, Any]) -> None:
+        """Not served here: answers UNIMPLEMENTED."""
+        raise GRPCError(
+            Status.UNIMPLEMENTED, "BatchNewWITSVID is not implemented: WIT-SVIDs are not supported"
+        )
+
+    async def NewDownstreamX509CA(self, stream: Stream[Any, Any]) -> None:
+        """Not served here: answers UNIMPLEMENTED."""
+        raise GRPCError(
+            Status.UNIMPLEMENTED,
+            "NewDownstreamX509CA is not implemented yet: downstream servers are not supported",
+        )
