@@ -37,6 +37,8 @@ _DELETE_MODES = {
     bundle_pb2.BatchDeleteFederatedBundleRequest.DELETE: ds.BundleDeleteMode.DELETE,
 }
 
+_REPEATED = frozenset({"x509_authorities", "jwt_authorities", "wit_authorities"})
+
 
 def _trust_domain(name: str) -> TrustDomain:
     try:
@@ -259,7 +261,7 @@ class BundleService(bundle_grpc.BundleBase):
                     for fd in req.input_mask.DESCRIPTOR.fields:
                         if getattr(req.input_mask, fd.name):
                             old.ClearField(fd.name)
-                            if fd.label == fd.LABEL_REPEATED:
+                            if fd.name in _REPEATED:
                                 getattr(old, fd.name).extend(getattr(new, fd.name))
                             else:
                                 setattr(old, fd.name, getattr(new, fd.name))
