@@ -176,3 +176,421 @@ def _plugin_notes(config: ServerConfig) -> list[tuple[str, str]]:
 def main() -> None:
     """Console-script entry point."""
     cli()
+
+
+# --- admin commands over the local socket (spire-server's CLI) --------------------------
+
+from spiffed.cli._spire import (  # noqa: E402 - grouped with the commands that use them
+    call,
+    fail,
+    id_to_proto,
+    id_to_str,
+    output_option,
+    parse_selector,
+    pluralize,
+    print_entry,
+    print_json,
+    socket_option,
+)
+
+_MATCH = ("exact", "any", "superset", "subset")
+
+
+def _multi(name: str, help_text: str) -> Callable[[_F], _F]:
+    return click.option(f"-{name}", f"--{name}", name, multiple=True, help=help_text)
+
+
+def _opt(name: str, help_text: str, dest: str = "", **kw: Any) -> Callable[[_F], _F]:
+    return click.option(f"-{name}", f"--{name}", dest or name, help=help_text, **kw)
+
+
+@cli.group()
+def entry() -> None:
+    """Manage registration entries."""
+
+
+def _entry_flags(func: _F) -> _F:
+    for decorator in reversed(
+        [
+            _opt("entryID", "A custom ID for this registration entry (optional)", default=""),
+            _opt("spiffeID", "The SPIFFE ID that this record represents", default=""),
+            _opt("parentID", "The SPIFFE ID of this record's parent", default=""),
+            _multi("selector", "A colon-delimited type:value selector. Can be used more than once"),
+            _opt("node", "If set, this entry will be applied to matching nodes", is_flag=True),
+            _opt("x509SVIDTTL", "The lifetime, in seconds, for x509-SVIDs", default=0, type=int),
+            _opt("jwtSVIDTTL", "The lifetime, in seconds, for JWT-SVIDs", default=0, type=int),
+            _multi("federatesWith", "SPIFFE ID of a trust domain to federate with"),
+            _multi("dns", "A DNS name that will be included in SVIDs for this entry"),
+            _opt(
+                "admin",
+                "If set, the SPIFFE ID in this entry will be granted access to the "
+                "SPIRE Server's management APIs",
+                is_flag=True,
+            ),
+            _opt(
+                "downstream",
+                "A boolean value that, when set, indicates that the entry "
+                "describes a downstream SPIRE server",
+                is_flag=True,
+            ),
+            _opt(
+                "storeSVID",
+                "A boolean value that, when set, indicates that the resulting "
+                "issued SVID from this entry must be stored through an SVIDStore plugin",
+                is_flag=True,
+            ),
+            _opt(
+                "entryExpiry",
+                "An expiry, from epoch in seconds, for the resulting "
+                "registration entry to be pruned",
+                default=0,
+                type=int,
+            ),
+            _opt(
+                "hint",
+                "The entry hint, used to disambiguate entries with the same SPIFFE ID",
+                default="",
+            ),
+            _opt(
+                "data",
+                "Path to a file containing registration JSON (optional). If set to "
+                "'-', read the JSON from stdin.",
+                "path",
+                default="",
+            ),
+            socket_option,
+            output_option,
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def _entry_from_flags(o: dict[str, Any], *, update: bool) -> Any:
+    from spiffed._proto.spire.api.types import entry_pb2 as types_entry
+
+    if not o["selector"]:
+        fail("at least one selector is required")
+    if o["node"] and o["federatesWith"]:
+        fail("node entries can not federate")
+    if not o["parentID"] and not o["node"]:
+        fail("a parent ID is required if the node flag is not set")
+    if not o["spiffeID"]:
+        fail("a SPIFFE ID is required")
+    if o["x509SVIDTTL"] < 0:
+        fail("a positive x509-SVID TTL is required")
+    if o["jwtSVIDTTL"] < 0:
+        fail("a positive JWT-SVID TTL is required")
+    spiffe_id = id_to_proto(o["spiffeID"])
+    if o["node"]:
+        from spiffed._proto.spire.api.types import spiffeid_pb2
+
+        parent = spiffeid_pb2.SPIFFEID(trust_domain=spiffe_id.trust_domain, path="/spire/server")
+    else:
+        parent = id_to_proto(o["parentID"])
+    return types_entry.Entry(
+        id=o["entryID"],
+        spiffe_id=spiffe_id,
+        parent_id=parent,
+        selectors=[parse_selector(s) for s in o["selector"]],
+        x509_svid_ttl=o["x509SVIDTTL"],
+        jwt_svid_ttl=o["jwtSVIDTTL"],
+        federates_with=list(o["federatesWith"]),
+        dns_names=list(o["dns"]),
+        admin=o["admin"],
+        downstream=o["downstream"],
+        store_svid=o["storeSVID"],
+        expires_at=o["entryExpiry"],
+        hint=o["hint"],
+    )
+
+
+def _entries_from_json(path: str) -> list[Any]:
+    """SPIRE's ``-data`` file: ``{"entries": [{"spiffe_id": ..., "selectors": [...]}]}``."""
+    import json
+
+    from spiffed._proto.spire.api.types import entry_pb2 as types_entry
+
+    try:
+        raw = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+        doc = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    items = doc.get("entries") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        fail('registration JSON must be an object with an "entries" list')
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            fail("each registration entry must be a JSON object")
+        low = {k.lower(): v for k, v in item.items()}
+        sels = [
+            parse_selector(f"{s.get('type', '')}:{s.get('value', '')}")
+            for s in low.get("selectors") or []
+        ]
+        out.append(
+            types_entry.Entry(
+                id=str(low.get("entry_id") or ""),
+                spiffe_id=id_to_proto(str(low.get("spiffe_id") or "")),
+                parent_id=id_to_proto(str(low.get("parent_id") or "")),
+                selectors=sels,
+                x509_svid_ttl=int(low.get("x509_svid_ttl") or low.get("ttl") or 0),
+                jwt_svid_ttl=int(low.get("jwt_svid_ttl") or 0),
+                federates_with=[str(t) for t in low.get("federates_with") or []],
+                dns_names=[str(d) for d in low.get("dns_names") or []],
+                admin=bool(low.get("admin")),
+                downstream=bool(low.get("downstream")),
+                store_svid=bool(low.get("store_svid")),
+                expires_at=int(low.get("entryexpiry") or 0),
+                hint=str(low.get("hint") or ""),
+            )
+        )
+    return out
+
+
+def _print_batch(resp: Any, entries: list[Any], verb: str, output: str) -> None:
+    from grpclib.const import Status
+
+    from spiffed.cli._spire import status_name
+
+    if output == "json":
+        print_json(resp)
+        return
+    failed = []
+    for i, result in enumerate(resp.results):
+        if result.status.code == 0:
+            print_entry(result.entry)
+        else:
+            failed.append((result, entries[i]))
+    for result, sent in failed:
+        click.echo(
+            f"Failed to {verb} the following entry (code: {status_name(Status(result.status.code))}"
+            f', msg: "{result.status.message}"):',
+            err=True,
+        )
+        print_entry(sent, err=True)
+    if failed:
+        fail(f"failed to {verb} one or more entries")
+
+
+@entry.command("create")
+@_entry_flags
+def entry_create(socket_path: str, output: str, path: str, **o: Any) -> None:
+    """Creates registration entries."""
+    from spiffed._proto.spire.api.server.entry.v1 import entry_grpc, entry_pb2
+
+    entries = _entries_from_json(path) if path else [_entry_from_flags(o, update=False)]
+    resp = call(
+        socket_path,
+        lambda ch: entry_grpc.EntryStub(ch).BatchCreateEntry(
+            entry_pb2.BatchCreateEntryRequest(entries=entries)
+        ),
+    )
+    _print_batch(resp, entries, "create", output)
+
+
+@entry.command("update")
+@_entry_flags
+def entry_update(socket_path: str, output: str, path: str, **o: Any) -> None:
+    """Updates registration entries."""
+    from spiffed._proto.spire.api.server.entry.v1 import entry_grpc, entry_pb2
+
+    if path:
+        entries = _entries_from_json(path)
+    else:
+        if not o["entryID"]:
+            fail("entry ID is required")
+        entries = [_entry_from_flags(o, update=True)]
+    resp = call(
+        socket_path,
+        lambda ch: entry_grpc.EntryStub(ch).BatchUpdateEntry(
+            entry_pb2.BatchUpdateEntryRequest(entries=entries)
+        ),
+    )
+    _print_batch(resp, entries, "update", output)
+
+
+def _entry_filter(o: dict[str, Any]) -> Any:
+    from google.protobuf import wrappers_pb2
+
+    from spiffed._proto.spire.api.server.entry.v1 import entry_pb2
+    from spiffed._proto.spire.api.types import federateswith_pb2, selector_pb2
+
+    flt = entry_pb2.ListEntriesRequest.Filter()
+    if o.get("spiffeID"):
+        flt.by_spiffe_id.CopyFrom(id_to_proto(o["spiffeID"]))
+    if o.get("parentID"):
+        flt.by_parent_id.CopyFrom(id_to_proto(o["parentID"]))
+    if o.get("selector"):
+        match = o.get("matchSelectorsOn", "superset")
+        flt.by_selectors.CopyFrom(
+            selector_pb2.SelectorMatch(
+                selectors=[parse_selector(s) for s in o["selector"]],
+                match=selector_pb2.SelectorMatch.MatchBehavior.Value(f"MATCH_{match.upper()}"),
+            )
+        )
+    if o.get("federatesWith"):
+        match = o.get("matchFederatesWithOn", "superset")
+        flt.by_federates_with.CopyFrom(
+            federateswith_pb2.FederatesWithMatch(
+                trust_domains=list(o["federatesWith"]),
+                match=federateswith_pb2.FederatesWithMatch.MatchBehavior.Value(
+                    f"MATCH_{match.upper()}"
+                ),
+            )
+        )
+    if o.get("hint"):
+        flt.by_hint.CopyFrom(wrappers_pb2.StringValue(value=o["hint"]))
+    if o.get("downstream"):
+        flt.by_downstream.CopyFrom(wrappers_pb2.BoolValue(value=True))
+    return flt
+
+
+def _filter_flags(func: _F) -> _F:
+    for decorator in reversed(
+        [
+            _opt("spiffeID", "The SPIFFE ID of the records to show", default=""),
+            _opt("parentID", "The Parent ID of the records to show", default=""),
+            _multi("selector", "A colon-delimited type:value selector. Can be used more than once"),
+            _multi("federatesWith", "SPIFFE ID of a trust domain an entry is federate with"),
+            _opt(
+                "downstream",
+                "A boolean value that, when set, indicates that the entry "
+                "describes a downstream SPIRE server",
+                is_flag=True,
+            ),
+            _opt("hint", "The Hint of the records to show (optional)", default=""),
+            _opt(
+                "matchSelectorsOn",
+                "The match mode used when filtering by selectors. "
+                "Options: exact, any, superset and subset",
+                default="superset",
+                type=click.Choice(_MATCH),
+            ),
+            _opt(
+                "matchFederatesWithOn",
+                "The match mode used when filtering by federates "
+                "with. Options: exact, any, superset and subset",
+                default="superset",
+                type=click.Choice(_MATCH),
+            ),
+            socket_option,
+            output_option,
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+@entry.command("show")
+@_opt("entryID", "The Entry ID of the records to show", default="")
+@_filter_flags
+def entry_show(socket_path: str, output: str, entryID: str, **o: Any) -> None:
+    """Displays configured registration entries."""
+    from spiffed._proto.spire.api.server.entry.v1 import entry_grpc, entry_pb2
+
+    async def fetch(ch: Any) -> Any:
+        stub = entry_grpc.EntryStub(ch)
+        if entryID:
+            got = await stub.GetEntry(entry_pb2.GetEntryRequest(id=entryID))
+            return entry_pb2.ListEntriesResponse(entries=[got])
+        out = entry_pb2.ListEntriesResponse()
+        token = ""
+        while True:
+            page = await stub.ListEntries(
+                entry_pb2.ListEntriesRequest(filter=_entry_filter(o), page_token=token)
+            )
+            out.entries.extend(page.entries)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    resp = call(socket_path, fetch)
+    entries = sorted(
+        resp.entries,
+        key=lambda e: (id_to_str(e.spiffe_id), id_to_str(e.parent_id), e.id),
+    )
+    if output == "json":
+        print_json(resp)
+        return
+    click.echo(pluralize(f"Found {len(entries)} ", "entry", "entries", len(entries)))
+    for e in entries:
+        print_entry(e)
+
+
+@entry.command("count")
+@_filter_flags
+def entry_count(socket_path: str, output: str, **o: Any) -> None:
+    """Count registration entries."""
+    from spiffed._proto.spire.api.server.entry.v1 import entry_grpc, entry_pb2
+
+    flt = _entry_filter(o)
+    resp = call(
+        socket_path,
+        lambda ch: entry_grpc.EntryStub(ch).CountEntries(
+            entry_pb2.CountEntriesRequest(
+                filter=entry_pb2.CountEntriesRequest.Filter(
+                    **{f.name: v for f, v in flt.ListFields()}
+                )
+            )
+        ),
+    )
+    if output == "json":
+        print_json(resp)
+        return
+    click.echo(pluralize(f"{resp.count} registration ", "entry", "entries", resp.count))
+
+
+@entry.command("delete")
+@_opt("entryID", "The Registration Entry ID of the record to delete.", default="")
+@_opt(
+    "file",
+    "Path to a file containing a JSON structure for batch deletion (optional). "
+    "If set to '-', read from stdin.",
+    default="",
+)
+@socket_option
+@output_option
+def entry_delete(socket_path: str, output: str, entryID: str, file: str) -> None:
+    """Deletes registration entries."""
+    from spiffed._proto.spire.api.server.entry.v1 import entry_grpc, entry_pb2
+    from spiffed.cli._spire import status_name
+
+    ids = [entryID] if entryID else []
+    if file:
+        ids = [e.id for e in _entries_from_json(file)]
+    if not ids:
+        fail("an entry ID is required")
+    resp = call(
+        socket_path,
+        lambda ch: entry_grpc.EntryStub(ch).BatchDeleteEntry(
+            entry_pb2.BatchDeleteEntryRequest(ids=ids)
+        ),
+    )
+    if output == "json":
+        print_json(resp)
+        return
+    ok = [r for r in resp.results if r.status.code == 0]
+    bad = [r for r in resp.results if r.status.code != 0]
+    for r in ok:
+        click.echo(f"Deleted entry with ID: {r.id}")
+    if ok:
+        click.echo("\n")
+    for r in bad:
+        click.echo(
+            f"Failed to delete entry with ID {r.id} (code: {status_name(r.status.code)}, "
+            f'msg: "{r.status.message}")',
+            err=True,
+        )
+    if bad:
+        click.echo("\n")
+        if ok:
+            summary = (
+                f"Deleted {len(ok)} entries successfully, but failed to delete {len(bad)} entries"
+            )
+        else:
+            summary = f"Failed to delete {len(bad)} entries"
+        click.echo(summary, nl=False)
+        click.echo("", err=True)
+        fail("failed to delete one or more entries")
+    click.echo(f"Deleted {len(ok)} entries successfully", nl=False)
