@@ -188,6 +188,7 @@ from spiffed.cli._spire import (  # noqa: E402 - grouped with the commands that 
     output_option,
     parse_selector,
     pluralize,
+    print_bundle,
     print_entry,
     print_json,
     socket_option,
@@ -594,3 +595,254 @@ def entry_delete(socket_path: str, output: str, entryID: str, file: str) -> None
         click.echo("", err=True)
         fail("failed to delete one or more entries")
     click.echo(f"Deleted {len(ok)} entries successfully", nl=False)
+
+
+# --- bundle -----------------------------------------------------------------------------
+
+_FORMAT = click.Choice(["pem", "spiffe"])
+
+
+@cli.group()
+def bundle() -> None:
+    """Manage trust bundles."""
+
+
+@bundle.command("show")
+@_opt(
+    "format",
+    "The format to show the bundle (only pretty output format supports this "
+    'flag). Either "pem" or "spiffe".',
+    "fmt",
+    default="pem",
+    type=_FORMAT,
+)
+@socket_option
+@output_option
+def bundle_show(socket_path: str, output: str, fmt: str) -> None:
+    """Prints server CA bundle to stdout."""
+    from spiffed._proto.spire.api.server.bundle.v1 import bundle_grpc, bundle_pb2
+
+    resp = call(
+        socket_path, lambda ch: bundle_grpc.BundleStub(ch).GetBundle(bundle_pb2.GetBundleRequest())
+    )
+    if output == "json":
+        print_json(resp)
+        return
+    print_bundle(resp, fmt)
+
+
+@bundle.command("count")
+@socket_option
+@output_option
+def bundle_count(socket_path: str, output: str) -> None:
+    """Count bundles."""
+    from spiffed._proto.spire.api.server.bundle.v1 import bundle_grpc, bundle_pb2
+
+    resp = call(
+        socket_path,
+        lambda ch: bundle_grpc.BundleStub(ch).CountBundles(bundle_pb2.CountBundlesRequest()),
+    )
+    if output == "json":
+        print_json(resp)
+        return
+    click.echo(pluralize(f"{resp.count} ", "bundle", "bundles", resp.count))
+
+
+# --- token, x509, jwt ---------------------------------------------------------------------
+
+
+@cli.group()
+def token() -> None:
+    """Manage join tokens."""
+
+
+@token.command("generate")
+@_opt("spiffeID", "Additional SPIFFE ID to assign the token owner (optional)", default="")
+@_opt("ttl", "Token TTL in seconds", default=600, type=int)
+@socket_option
+@output_option
+def token_generate(socket_path: str, output: str, spiffeID: str, ttl: int) -> None:
+    """Generates a join token."""
+    from spiffed._proto.spire.api.server.agent.v1 import agent_grpc, agent_pb2
+
+    req = agent_pb2.CreateJoinTokenRequest(ttl=ttl)
+    if spiffeID:
+        req.agent_id.CopyFrom(id_to_proto(spiffeID))
+    resp = call(socket_path, lambda ch: agent_grpc.AgentStub(ch).CreateJoinToken(req))
+    if output == "json":
+        print_json(resp)
+        return
+    click.echo(f"Token: {resp.value}")
+    if not spiffeID:
+        click.echo("Warning: Missing SPIFFE ID.")
+
+
+@cli.group()
+def x509() -> None:
+    """Mint X509-SVIDs."""
+
+
+@x509.command("mint")
+@_opt("spiffeID", "SPIFFE ID of the X509-SVID", default="")
+@_opt("ttl", "TTL of the X509-SVID (e.g. 1h, 90s; 0 for the server default)", default="0s")
+@_multi("dns", "DNS name that will be included in SVID. Can be used more than once")
+@_opt("write", "Directory to write output to instead of stdout", default="")
+@socket_option
+@output_option
+def x509_mint(
+    *,
+    socket_path: str,
+    output: str,
+    spiffeID: str,
+    ttl: str,
+    dns: tuple[str, ...],
+    write: str,
+) -> None:
+    """Mints an X509-SVID."""
+    import json
+    import os
+    from datetime import UTC, datetime
+
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from spiffed._proto.spire.api.server.bundle.v1 import bundle_grpc, bundle_pb2
+    from spiffed._proto.spire.api.server.svid.v1 import svid_grpc, svid_pb2
+    from spiffed.cli._spire import pem_certificates
+
+    if not spiffeID:
+        fail("spiffeID must be specified")
+    id_to_proto(spiffeID)
+    seconds = _ttl_seconds(ttl)
+    key = ec.generate_private_key(ec.SECP256R1())
+    san: list[cx509.GeneralName] = [cx509.UniformResourceIdentifier(spiffeID)]
+    san += [cx509.DNSName(d) for d in dns]
+    csr = (
+        cx509.CertificateSigningRequestBuilder()
+        .subject_name(cx509.Name([]))
+        .add_extension(cx509.SubjectAlternativeName(san), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+    async def mint(ch: Any) -> Any:
+        svid = await svid_grpc.SVIDStub(ch).MintX509SVID(
+            svid_pb2.MintX509SVIDRequest(
+                csr=csr.public_bytes(serialization.Encoding.DER), ttl=seconds
+            )
+        )
+        roots = await bundle_grpc.BundleStub(ch).GetBundle(bundle_pb2.GetBundleRequest())
+        return svid, roots
+
+    resp, ca = call(socket_path, mint, what="unable to mint SVID")
+    if not resp.svid.cert_chain:
+        fail("server response missing SVID chain")
+    if not ca.x509_authorities:
+        fail("server response missing X509 Authorities")
+    if seconds and resp.svid.expires_at - datetime.now(UTC).timestamp() < seconds - 5:
+        eol = datetime.fromtimestamp(resp.svid.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        click.echo(
+            f'X509-SVID lifetime was capped shorter than specified ttl; expires "{eol}"', err=True
+        )
+    key_der = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    svid_pem = pem_certificates(resp.svid.cert_chain)
+    bundle_pem = pem_certificates(a.asn1 for a in ca.x509_authorities)
+    if not write:
+        if output == "json":
+            import base64
+
+            def b64(items: Any) -> list[str]:
+                return [base64.b64encode(i).decode() for i in items]
+
+            doc = {
+                "x509_svid": b64(resp.svid.cert_chain),
+                "private_key": base64.b64encode(key_der).decode(),
+                "root_cas": b64(a.asn1 for a in ca.x509_authorities),
+            }
+            click.echo(json.dumps(doc))
+            return
+        click.echo(f"X509-SVID:\n{svid_pem}\nPrivate key:\n{key_pem}\nRoot CAs:\n{bundle_pem}")
+        return
+    paths = {n: os.path.join(write, f"{n}.pem") for n in ("svid", "key", "bundle")}
+    try:
+        _write_file(paths["svid"], svid_pem, 0o644)
+        click.echo(f"X509-SVID written to {paths['svid']}")
+        _write_file(paths["key"], key_pem, 0o600)
+        click.echo(f"Private key written to {paths['key']}")
+        _write_file(paths["bundle"], bundle_pem, 0o644)
+    except OSError as exc:
+        fail(f"unable to write: {exc}")
+    click.echo(f"Root CAs written to {paths['bundle']}")
+
+
+def _write_file(path: str, text: str, mode: int) -> None:
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+def _ttl_seconds(text: str) -> int:
+    from spiffed.config import ConfigError as _CE
+    from spiffed.config import parse_duration
+
+    try:
+        return int(parse_duration(text).total_seconds())
+    except _CE as exc:
+        fail(f"invalid value for TTL: {exc}")
+
+
+@cli.group()
+def jwt() -> None:
+    """Mint JWT-SVIDs."""
+
+
+@jwt.command("mint")
+@_opt("spiffeID", "SPIFFE ID of the JWT-SVID", default="")
+@_multi("audience", "Audience claim that will be included in the SVID. Can be used more than once")
+@_opt("ttl", "TTL of the JWT-SVID (e.g. 5m; 0 for the server default)", default="0s")
+@_opt("write", "File to write token to instead of stdout", default="")
+@socket_option
+@output_option
+def jwt_mint(
+    *,
+    socket_path: str,
+    output: str,
+    spiffeID: str,
+    audience: tuple[str, ...],
+    ttl: str,
+    write: str,
+) -> None:
+    """Mints a JWT-SVID."""
+    from spiffed._proto.spire.api.server.svid.v1 import svid_grpc, svid_pb2
+
+    if not spiffeID:
+        fail("spiffeID must be specified")
+    if not audience:
+        fail("at least one audience must be specified")
+    req = svid_pb2.MintJWTSVIDRequest(
+        id=id_to_proto(spiffeID), audience=list(audience), ttl=_ttl_seconds(ttl)
+    )
+    resp = call(
+        socket_path,
+        lambda ch: svid_grpc.SVIDStub(ch).MintJWTSVID(req),
+        what="unable to mint SVID",
+    )
+    if not write:
+        if output == "json":
+            print_json(resp)
+        else:
+            click.echo(resp.svid.token)
+        return
+    try:
+        _write_file(write, resp.svid.token, 0o600)
+    except OSError as exc:
+        fail(f"unable to write token: {exc}")
+    click.echo(f"JWT-SVID written to {write}")
