@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,24 @@ def csr(*uris: str, dns: tuple[str, ...] = ()) -> bytes:
     return builder.sign(KEY, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
+def _foreign_root() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "foreign")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
 def pem(der: bytes) -> bytes:
     return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
 
@@ -62,9 +81,14 @@ async def test_mint_x509_svid_verifies_with_openssl_against_get_bundle(
     cmd = ["openssl", "verify", "-CAfile", str(tmp_path / "roots.pem")]
     if len(svid.cert_chain) > 1:
         cmd += ["-untrusted", str(tmp_path / "chain.pem")]
-    out = subprocess.run([*cmd, str(tmp_path / "leaf.pem")], capture_output=True, text=True)
+    leaf_pem = str(tmp_path / "leaf.pem")
+    out = subprocess.run([*cmd, leaf_pem], check=False, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip().endswith(": OK")
+    # Control: the same leaf does not verify against another trust domain's root.
+    (tmp_path / "roots.pem").write_bytes(pem(_foreign_root()))
+    out = subprocess.run([*cmd, leaf_pem], check=False, capture_output=True, text=True)
+    assert out.returncode != 0
 
 
 @pytest.mark.parametrize(
