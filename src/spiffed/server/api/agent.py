@@ -20,10 +20,11 @@ from spiffed._proto.spire.api.server.agent.v1 import agent_grpc, agent_pb2
 from spiffed._proto.spire.api.types import jointoken_pb2, spiffeid_pb2
 from spiffed.server import datastore as ds
 from spiffed.server.api.convert import (
+    IdKind,
     agent_to_proto,
+    id_in_trust_domain,
     rpc,
     selector_from_proto,
-    spiffe_id_from_proto,
 )
 from spiffed.server.api.entry import MATCH_BEHAVIOR
 from spiffed.server.context import ServerContext
@@ -31,8 +32,6 @@ from spiffed.server.errors import ServerError
 from spiffed.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 
 __all__ = ["AgentService", "agent_id_from_proto", "join_token_agent_id"]
-
-_AGENT_PREFIX = "/spire/agent/"
 
 
 def join_token_agent_id(td: TrustDomain, token: str) -> SpiffeId:
@@ -43,20 +42,9 @@ def join_token_agent_id(td: TrustDomain, token: str) -> SpiffeId:
 def agent_id_from_proto(msg: spiffeid_pb2.SPIFFEID, td: TrustDomain) -> SpiffeId:
     """An agent ID of our trust domain (SPIRE's ``TrustDomainAgentIDFromProto``)."""
     try:
-        sid = spiffe_id_from_proto(msg)
-    except SpiffeIdError as exc:
+        return id_in_trust_domain(msg, td, IdKind.AGENT)
+    except ValueError as exc:
         raise ServerError(Status.INVALID_ARGUMENT, f"invalid agent ID: {exc}") from None
-    if not sid.member_of(td):
-        raise ServerError(
-            Status.INVALID_ARGUMENT,
-            f'invalid agent ID: "{sid}" is not a member of trust domain "{td}"',
-        )
-    if not sid.path.startswith(_AGENT_PREFIX):
-        raise ServerError(
-            Status.INVALID_ARGUMENT,
-            f'invalid agent ID: "{sid}" is not an agent in trust domain "{td}"',
-        )
-    return sid
 
 
 def _expires_before(text: str) -> int:
@@ -194,18 +182,9 @@ class AgentService(agent_grpc.AgentBase):
         alias: SpiffeId | None = None
         if req.HasField("agent_id"):
             try:
-                alias = spiffe_id_from_proto(req.agent_id)
-            except SpiffeIdError as exc:
+                alias = id_in_trust_domain(req.agent_id, td, IdKind.WORKLOAD)
+            except ValueError as exc:
                 raise ServerError(Status.INVALID_ARGUMENT, f"invalid agent ID: {exc}") from None
-            if not alias.member_of(td):
-                raise ServerError(
-                    Status.INVALID_ARGUMENT,
-                    f'invalid agent ID: "{alias}" is not a member of trust domain "{td}"',
-                )
-            if alias.is_trust_domain_id:
-                raise ServerError(
-                    Status.INVALID_ARGUMENT, f'invalid agent ID: "{alias}" has no path'
-                )
         token = req.token or str(uuid.uuid4())
         try:
             token_agent = join_token_agent_id(td, token)

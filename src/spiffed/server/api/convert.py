@@ -6,6 +6,7 @@ reaches a client), per-item ``Status`` messages for batch RPCs, and output masks
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 from collections.abc import Callable, Coroutine
@@ -28,7 +29,12 @@ from spiffed.server.errors import ServerError
 from spiffed.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 
 __all__ = [
+    "HINT_MAX_LEN",
     "MAX_TTL",
+    "IdKind",
+    "dns_name_problem",
+    "id_in_trust_domain",
+    "is_reserved_path",
     "agent_to_proto",
     "apply_mask",
     "entry_from_proto",
@@ -47,6 +53,9 @@ log = logging.getLogger(__name__)
 
 MAX_TTL = 2**31 - 1
 """The largest TTL SPIRE accepts (an int32 of seconds)."""
+
+HINT_MAX_LEN = 1024
+"""SPIRE's limit on an entry's hint."""
 
 S = TypeVar("S")
 
@@ -151,46 +160,74 @@ def selector_to_proto(sel: ds.Selector) -> selector_pb2.Selector:
 # ----- entries ------------------------------------------------------------------------------
 
 
-def _id_in(msg: spiffeid_pb2.SPIFFEID, td: TrustDomain, what: str, *, member: bool) -> str:
-    try:
-        sid = spiffe_id_from_proto(msg)
-    except SpiffeIdError as exc:
-        raise ServerError(Status.INVALID_ARGUMENT, f"invalid {what}: {exc}") from None
-    if member and not sid.member_of(td):
-        raise ServerError(
-            Status.INVALID_ARGUMENT,
-            f'invalid {what}: "{sid}" is not a member of trust domain "{td}"',
+class IdKind(enum.Enum):
+    """Which of SPIRE's ID checks applies (``api.TrustDomain*IDFromProto``)."""
+
+    MEMBER = "a member of"
+    WORKLOAD = "a workload in"
+    AGENT = "an agent in"
+
+
+def is_reserved_path(path: str) -> bool:
+    """SPIRE's reserved namespace: ``/spire`` and everything under it."""
+    return path == "/spire" or path.startswith("/spire/")
+
+
+def id_in_trust_domain(
+    msg: spiffeid_pb2.SPIFFEID | None, td: TrustDomain, kind: IdKind = IdKind.MEMBER
+) -> SpiffeId:
+    """Parse ``msg`` and check it as SPIRE does; ValueError carries SPIRE's reason text.
+
+    Every kind must be in ``td`` with a path; a workload's path may not be in ``/spire``; an
+    agent's must be under ``/spire/agent/``.
+    """
+    if msg is None:
+        raise ValueError("request must specify SPIFFE ID")
+    sid = spiffe_id_from_proto(msg)
+    if not sid.member_of(td):
+        raise ValueError(f'"{sid}" is not a member of trust domain "{td}"')
+    if sid.is_trust_domain_id:
+        raise ValueError(f'"{sid}" is not {kind.value} trust domain "{td}"; path is empty')
+    if kind is IdKind.WORKLOAD and is_reserved_path(sid.path):
+        raise ValueError(
+            f'"{sid}" is not a workload in trust domain "{td}"; path is in the reserved namespace'
         )
-    if what == "spiffe ID" and sid.is_trust_domain_id:
-        raise ServerError(Status.INVALID_ARGUMENT, f'invalid {what}: "{sid}" has no path')
-    return str(sid)
+    if kind is IdKind.AGENT and not sid.path.startswith("/spire/agent/"):
+        raise ValueError(
+            f'"{sid}" is not an agent in trust domain "{td}"; path is not in the agent namespace'
+        )
+    return sid
+
+
+def _checked_id(msg: Any, present: bool, td: TrustDomain, kind: IdKind, what: str) -> str:
+    try:
+        return str(id_in_trust_domain(msg if present else None, td, kind))
+    except ValueError as exc:  # SpiffeIdError is a ValueError
+        raise ServerError(Status.INVALID_ARGUMENT, f"invalid {what}: {exc}") from None
 
 
 def entry_from_proto(
     msg: entry_pb2.Entry, td: TrustDomain, *, fields: frozenset[str] | None = None
 ) -> ds.RegistrationEntry:
-    """Validate an API entry as SPIRE's ``api.ProtoToRegistrationEntry`` does.
+    """Validate an API entry as SPIRE's ``api.ProtoToRegistrationEntryWithMask`` does.
 
     ``fields`` limits the checks to the fields an update mask names (None = all). Errors are
-    ServerError(INVALID_ARGUMENT) with SPIRE's messages (``invalid spiffe ID: ...``).
+    ServerError(INVALID_ARGUMENT) with SPIRE's reasons (``invalid spiffe ID: ...``); the
+    service prefixes them with ``failed to convert entry: ``. The parent ID is checked first.
     """
 
     def want(name: str) -> bool:
         return fields is None or name in fields
 
     spiffe_id = parent_id = ""
-    if want("spiffe_id"):
-        if not msg.HasField("spiffe_id"):
-            raise ServerError(
-                Status.INVALID_ARGUMENT, "invalid spiffe ID: request must specify SPIFFE ID"
-            )
-        spiffe_id = _id_in(msg.spiffe_id, td, "spiffe ID", member=True)
     if want("parent_id"):
-        if not msg.HasField("parent_id"):
-            raise ServerError(
-                Status.INVALID_ARGUMENT, "invalid parent ID: request must specify SPIFFE ID"
-            )
-        parent_id = _id_in(msg.parent_id, td, "parent ID", member=True)
+        parent_id = _checked_id(
+            msg.parent_id, msg.HasField("parent_id"), td, IdKind.MEMBER, "parent ID"
+        )
+    if want("spiffe_id"):
+        spiffe_id = _checked_id(
+            msg.spiffe_id, msg.HasField("spiffe_id"), td, IdKind.WORKLOAD, "spiffe ID"
+        )
     selectors: tuple[ds.Selector, ...] = ()
     if want("selectors"):
         if not msg.selectors:
@@ -199,15 +236,16 @@ def entry_from_proto(
             selectors = tuple(selector_from_proto(s) for s in msg.selectors)
         except ServerError as exc:
             raise ServerError(Status.INVALID_ARGUMENT, f"invalid selector: {exc.message}") from None
-    for name, label in (("x509_svid_ttl", "x509SvidTtl"), ("jwt_svid_ttl", "jwtSvidTtl")):
+    for name, label in (("x509_svid_ttl", "X509SvidTtl"), ("jwt_svid_ttl", "JwtSvidTtl")):
         value = getattr(msg, name)
         if want(name) and value < 0:
             raise ServerError(
-                Status.INVALID_ARGUMENT, f"invalid entry: {label} is not allowed to be negative"
+                Status.INVALID_ARGUMENT,
+                f"invalid registration entry: {label} is not allowed to be negative",
             )
         if want(name) and value > MAX_TTL:
             raise ServerError(
-                Status.INVALID_ARGUMENT, f"invalid entry: {label} exceeds the maximum of {MAX_TTL}"
+                Status.INVALID_ARGUMENT, f"invalid registration entry: {label} exceeds {MAX_TTL}"
             )
     federates: list[str] = []
     if want("federates_with"):
@@ -216,14 +254,22 @@ def entry_from_proto(
                 federates.append(TrustDomain.parse(name).name)
             except SpiffeIdError as exc:
                 raise ServerError(
-                    Status.INVALID_ARGUMENT, f'invalid federated trust domain "{name}": {exc}'
+                    Status.INVALID_ARGUMENT, f"invalid federated trust domain: {exc}"
                 ) from None
     if want("expires_at") and msg.expires_at < 0:
-        raise ServerError(Status.INVALID_ARGUMENT, "invalid entry: expiresAt must not be negative")
+        raise ServerError(
+            Status.INVALID_ARGUMENT, "invalid registration entry: expiresAt is negative"
+        )
     if want("dns_names"):
         for name in msg.dns_names:
-            if not name or any(c.isspace() for c in name) or len(name) > 253:
-                raise ServerError(Status.INVALID_ARGUMENT, f'invalid DNS name "{name}"')
+            reason = dns_name_problem(name)
+            if reason:
+                raise ServerError(Status.INVALID_ARGUMENT, f"invalid DNS name: {reason}")
+    if want("hint") and len(msg.hint) > HINT_MAX_LEN:
+        raise ServerError(
+            Status.INVALID_ARGUMENT,
+            f"hint is too long, max length is {HINT_MAX_LEN} characters",
+        )
     return ds.RegistrationEntry(
         id=msg.id,
         spiffe_id=spiffe_id,
@@ -239,6 +285,28 @@ def entry_from_proto(
         hint=msg.hint,
         store_svid=msg.store_svid,
     )
+
+
+def dns_name_problem(name: str) -> str:
+    """Why ``name`` is not a usable DNS SAN (empty when it is): RFC 1123 labels, an optional
+    leading ``*.`` wildcard, at most 253 characters."""
+    if not name:
+        return "empty or only whitespace"
+    if len(name) > 253:
+        return "length exceeded"
+    labels = name.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+        if not labels:
+            return "wildcard not allowed on its own"
+    for label in labels:
+        if not label or len(label) > 63:
+            return f"label {label!r} is empty or longer than 63 characters"
+        if label.startswith("-") or label.endswith("-"):
+            return f"label {label!r} starts or ends with a hyphen"
+        if not all(c.isascii() and (c.isalnum() or c == "-") for c in label):
+            return f"label {label!r} has characters other than letters, digits and hyphens"
+    return ""
 
 
 def entry_to_proto(

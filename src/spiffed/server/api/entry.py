@@ -17,13 +17,14 @@ from spiffed._proto.spire.api.types import entry_pb2 as types_entry
 from spiffed._proto.spire.api.types import federateswith_pb2, selector_pb2
 from spiffed.server import datastore as ds
 from spiffed.server.api.convert import (
+    IdKind,
     entry_from_proto,
     entry_to_proto,
     error_status,
+    id_in_trust_domain,
     ok_status,
     rpc,
     selector_from_proto,
-    spiffe_id_from_proto,
     status_of,
 )
 from spiffed.server.context import ServerContext
@@ -56,17 +57,19 @@ _MASK_FIELDS = {
 }
 
 
-def _filter(flt: Any) -> ds.EntryFilter:
+def _filter(flt: Any, td: TrustDomain) -> ds.EntryFilter:
     """The datastore filter for a List/CountEntriesRequest.Filter (SPIRE's messages)."""
     out: dict[str, Any] = {}
-    for name, what in (("by_spiffe_id", "spiffe ID"), ("by_parent_id", "parent ID")):
+    checks = (
+        ("by_parent_id", IdKind.MEMBER, "malformed parent ID filter"),
+        ("by_spiffe_id", IdKind.WORKLOAD, "malformed SPIFFE ID filter"),
+    )
+    for name, kind, what in checks:
         if flt.HasField(name):
             try:
-                out[name] = str(spiffe_id_from_proto(getattr(flt, name)))
-            except SpiffeIdError as exc:
-                raise ServerError(
-                    Status.INVALID_ARGUMENT, f"malformed {what} filter: {exc}"
-                ) from None
+                out[name] = str(id_in_trust_domain(getattr(flt, name), td, kind))
+            except ValueError as exc:
+                raise ServerError(Status.INVALID_ARGUMENT, f"{what}: {exc}") from None
     if flt.HasField("by_selectors"):
         m = flt.by_selectors
         if not m.selectors:
@@ -135,7 +138,7 @@ class EntryService(entry_grpc.EntryBase):
         """How many entries match the filter."""
         req = await stream.recv_message()
         assert req is not None
-        count = await self._ds.count_entries(_filter(req.filter))
+        count = await self._ds.count_entries(_filter(req.filter, self._ctx.trust_domain))
         await stream.send_message(entry_pb2.CountEntriesResponse(count=count))
 
     @rpc
@@ -145,7 +148,7 @@ class EntryService(entry_grpc.EntryBase):
         assert req is not None
         if req.page_size < 0:
             raise ServerError(Status.INVALID_ARGUMENT, "page size cannot be negative")
-        flt = _filter(req.filter)
+        flt = _filter(req.filter, self._ctx.trust_domain)
         try:
             page = await self._ds.list_entries(
                 flt, page_size=req.page_size, page_token=req.page_token

@@ -18,13 +18,15 @@ from spiffed._proto.spire.api.server.svid.v1 import svid_grpc, svid_pb2
 from spiffed._proto.spire.api.types import jwtsvid_pb2, x509svid_pb2
 from spiffed.server.api.convert import (
     MAX_TTL,
+    IdKind,
+    dns_name_problem,
+    id_in_trust_domain,
     rpc,
-    spiffe_id_from_proto,
     spiffe_id_to_proto,
 )
 from spiffed.server.context import ServerContext
 from spiffed.server.errors import ServerError
-from spiffed.spiffeid import SpiffeId, SpiffeIdError
+from spiffed.spiffeid import SpiffeId
 from spiffed.svid.jwt import JwtSvidError, sign_jwt_svid
 
 __all__ = ["SvidService"]
@@ -71,21 +73,14 @@ class SvidService(svid_grpc.SVIDBase):
             raise ServerError(Status.INVALID_ARGUMENT, "CSR must have exactly one URI SAN")
         try:
             sid = SpiffeId.parse(uris[0])
-        except SpiffeIdError as exc:
+            id_in_trust_domain(spiffe_id_to_proto(sid), td, IdKind.WORKLOAD)
+        except ValueError as exc:
             raise ServerError(Status.INVALID_ARGUMENT, f"CSR URI SAN is invalid: {exc}") from None
-        if not sid.member_of(td):
-            raise ServerError(
-                Status.INVALID_ARGUMENT,
-                f'CSR URI SAN is invalid: "{sid}" is not a member of trust domain "{td}"',
-            )
-        if sid.is_trust_domain_id:
-            raise ServerError(
-                Status.INVALID_ARGUMENT, f'CSR URI SAN is invalid: "{sid}" has no path'
-            )
         dns = san.get_values_for_type(x509.DNSName)
         for name in dns:
-            if not name or any(c.isspace() for c in name):
-                raise ServerError(Status.INVALID_ARGUMENT, f'CSR DNS name is invalid: "{name}"')
+            reason = dns_name_problem(name)
+            if reason:
+                raise ServerError(Status.INVALID_ARGUMENT, f"CSR DNS name is invalid: {reason}")
         chain = self._ctx.ca.sign_x509_svid(sid, csr, ttl=_ttl(req.ttl), dns_names=dns)
         await stream.send_message(
             svid_pb2.MintX509SVIDResponse(
@@ -103,21 +98,10 @@ class SvidService(svid_grpc.SVIDBase):
         req = await stream.recv_message()
         assert req is not None
         td = self._ctx.trust_domain
-        if not req.HasField("id"):
-            raise ServerError(
-                Status.INVALID_ARGUMENT, "invalid SPIFFE ID: request must specify SPIFFE ID"
-            )
         try:
-            sid = spiffe_id_from_proto(req.id)
-        except SpiffeIdError as exc:
+            sid = id_in_trust_domain(req.id if req.HasField("id") else None, td, IdKind.WORKLOAD)
+        except ValueError as exc:
             raise ServerError(Status.INVALID_ARGUMENT, f"invalid SPIFFE ID: {exc}") from None
-        if not sid.member_of(td):
-            raise ServerError(
-                Status.INVALID_ARGUMENT,
-                f'invalid SPIFFE ID: "{sid}" is not a member of trust domain "{td}"',
-            )
-        if sid.is_trust_domain_id:
-            raise ServerError(Status.INVALID_ARGUMENT, f'invalid SPIFFE ID: "{sid}" has no path')
         audience = list(req.audience)
         if not audience or any(not a for a in audience):
             raise ServerError(Status.INVALID_ARGUMENT, "at least one audience is required")
