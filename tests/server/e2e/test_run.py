@@ -1,0 +1,298 @@
+"""``spiffed-server run`` as a process, used through the CLI as a new operator would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import sqlite3
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from spiffed._proto.spire.api.server.bundle.v1 import bundle_grpc, bundle_pb2
+from spiffed._proto.spire.api.server.entry.v1 import entry_grpc, entry_pb2
+
+from .conftest import BIN, ServerProcess
+
+W = "spiffe://example.org/workload"
+AGENT = "spiffe://example.org/spire/agent/join_token/abc"
+
+
+def _ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result.stdout
+
+
+def test_ready_log_names_socket_and_address(server: ServerProcess) -> None:
+    log = server.logs[-1].read_text()
+    assert "Starting Server APIs" in log
+    assert str(server.socket_path) in log
+    assert f"127.0.0.1:{server.port}" in log
+    assert server.socket_path.parent.stat().st_mode & 0o777 == 0o700
+    assert _ok(server.cli("healthcheck")) == "Server is healthy.\n"
+
+
+def test_entry_create_show_filter(server: ServerProcess) -> None:
+    out = _ok(
+        server.cli(
+            "entry",
+            "create",
+            "-spiffeID",
+            W,
+            "-parentID",
+            AGENT,
+            "-selector",
+            "unix:uid:1000",
+            "-selector",
+            "unix:gid:1000",
+            "-dns",
+            "w.example.org",
+            "-x509SVIDTTL",
+            "600",
+        )
+    )
+    assert f"SPIFFE ID               : {W}" in out
+    assert "X509-SVID TTL           : 600" in out
+    assert "DNS name                : w.example.org" in out
+    _ok(
+        server.cli(
+            "entry",
+            "create",
+            "-spiffeID",
+            W + "2",
+            "-parentID",
+            AGENT,
+            "-selector",
+            "unix:uid:2000",
+        )
+    )
+    again = server.cli(
+        "entry",
+        "create",
+        "-spiffeID",
+        W,
+        "-parentID",
+        AGENT,
+        "-selector",
+        "unix:uid:1000",
+        "-selector",
+        "unix:gid:1000",
+    )
+    assert again.returncode == 1
+    assert "code: AlreadyExists" in again.stderr
+    assert "Error: failed to create one or more entries" in again.stderr
+
+    shown = _ok(server.cli("entry", "show", "-selector", "unix:uid:1000"))
+    assert shown.startswith("Found 1 entry\n")
+    assert W + "2" not in shown
+    assert _ok(server.cli("entry", "show")).startswith("Found 2 entries\n")
+    assert _ok(server.cli("entry", "count")) == "2 registration entries\n"
+    doc = json.loads(_ok(server.cli("entry", "show", "-spiffeID", W, "-output", "json")))
+    [entry] = doc["entries"]
+    assert entry["spiffe_id"] == {"trust_domain": "example.org", "path": "/workload"}
+    deleted = _ok(server.cli("entry", "delete", "-entryID", entry["id"]))
+    assert f"Deleted entry with ID: {entry['id']}" in deleted
+    assert _ok(server.cli("entry", "count")) == "1 registration entry\n"
+
+
+def test_entry_create_from_data_file(server: ServerProcess, tmp_path: Path) -> None:
+    data = tmp_path / "entries.json"
+    data.write_text(
+        json.dumps(
+            {
+                "entries": [
+                    {
+                        "spiffe_id": W,
+                        "parent_id": AGENT,
+                        "selectors": [{"type": "unix", "value": "uid:1"}],
+                    },
+                    {
+                        "spiffe_id": W + "/b",
+                        "parent_id": AGENT,
+                        "admin": True,
+                        "selectors": [{"type": "unix", "value": "uid:2"}],
+                    },
+                ]
+            }
+        )
+    )
+    out = _ok(server.cli("entry", "create", "-data", str(data)))
+    assert out.count("Entry ID") == 2
+    assert "Admin                   : true" in out
+
+
+def test_cli_errors_are_spire_style(server: ServerProcess, tmp_path: Path) -> None:
+    missing = server.cli("entry", "create", "-spiffeID", W, "-parentID", AGENT)
+    assert missing.returncode == 1
+    assert missing.stderr == "Error: at least one selector is required\n"
+    gone = subprocess.run(
+        [str(BIN), "entry", "count", "-socketPath", str(tmp_path / "nothing.sock")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert gone.returncode == 1
+    assert gone.stderr.startswith("Error: connection error")
+    notfound = server.cli("entry", "show", "-entryID", "no-such-entry")
+    assert notfound.returncode == 1
+    assert notfound.stderr.startswith("Error: rpc error: code = NotFound desc = ")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl tool")
+def test_x509_mint_verifies_against_bundle_show(server: ServerProcess, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(_ok(server.cli("bundle", "show")))
+    out_dir = tmp_path / "minted"
+    out_dir.mkdir()
+    out = _ok(
+        server.cli("x509", "mint", "-spiffeID", W, "-dns", "w.example.org", "-write", str(out_dir))
+    )
+    assert f"X509-SVID written to {out_dir}/svid.pem" in out
+    assert (out_dir / "key.pem").stat().st_mode & 0o777 == 0o600
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(bundle), str(out_dir / "svid.pem")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stderr
+    leaf = x509.load_pem_x509_certificates((out_dir / "svid.pem").read_bytes())[0]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [W]
+    assert san.get_values_for_type(x509.DNSName) == ["w.example.org"]
+    spiffe_doc = json.loads(_ok(server.cli("bundle", "show", "-format", "spiffe")))
+    assert {k["use"] for k in spiffe_doc["keys"]} == {"x509-svid", "jwt-svid"}
+
+
+def test_jwt_mint_and_token_generate(server: ServerProcess) -> None:
+    token = _ok(server.cli("jwt", "mint", "-spiffeID", W, "-audience", "db")).strip()
+    assert token.count(".") == 2
+    no_aud = server.cli("jwt", "mint", "-spiffeID", W)
+    assert no_aud.stderr == "Error: at least one audience must be specified\n"
+    out = _ok(server.cli("token", "generate", "-spiffeID", "spiffe://example.org/node"))
+    assert out.startswith("Token: ")
+    assert "Warning" not in out
+    assert "Warning: Missing SPIFFE ID." in _ok(server.cli("token", "generate"))
+
+
+def _tls_call(server: ServerProcess, bundle_pem: str) -> tuple[str, Status | None]:
+    roots = bundle_pem
+
+    async def go() -> tuple[str, Status | None]:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(cadata=roots)
+        ctx.set_alpn_protocols(["h2"])
+        channel = Channel("127.0.0.1", server.port, ssl=ctx)
+        try:
+            got = await bundle_grpc.BundleStub(channel).GetBundle(bundle_pb2.GetBundleRequest())
+            try:
+                await entry_grpc.EntryStub(channel).CountEntries(entry_pb2.CountEntriesRequest())
+                status = None
+            except GRPCError as exc:
+                status = exc.status
+            return got.trust_domain, status
+        finally:
+            channel.close()
+
+    return asyncio.run(go())
+
+
+def test_tcp_without_svid_gets_bundle_not_admin_rpcs(server: ServerProcess) -> None:
+    td, status = _tls_call(server, _ok(server.cli("bundle", "show")))
+    assert td == "example.org"
+    assert status is Status.PERMISSION_DENIED
+
+
+def test_sigterm_shuts_down_cleanly(server: ServerProcess) -> None:
+    assert server.signal(signal.SIGTERM) == 0
+    assert not server.socket_path.exists()
+    assert "Server stopped gracefully" in server.logs[-1].read_text()
+
+
+def test_restart_keeps_entries_and_ca(server: ServerProcess) -> None:
+    _ok(
+        server.cli("entry", "create", "-spiffeID", W, "-parentID", AGENT, "-selector", "unix:uid:1")
+    )
+    before = _ok(server.cli("bundle", "show"))
+    assert server.signal(signal.SIGTERM) == 0
+    server.start()
+    assert _ok(server.cli("bundle", "show")) == before
+    assert _ok(server.cli("entry", "count")) == "1 registration entry\n"
+    # the restarted server still signs with the same CA: a new SVID chains to the old roots
+    bundle_file = server.root / "before.pem"
+    bundle_file.write_text(before)
+    out_dir = server.root / "after"
+    out_dir.mkdir()
+    _ok(server.cli("x509", "mint", "-spiffeID", W, "-write", str(out_dir)))
+    if shutil.which("openssl"):
+        verify = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(bundle_file), str(out_dir / "svid.pem")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert verify.returncode == 0, verify.stderr
+
+
+def test_sigkill_during_entry_creates_loses_no_acknowledged_entry(server: ServerProcess) -> None:
+    """Entries the CLI reported created survive a SIGKILL; none is half-written."""
+    acknowledged: list[str] = []
+    stop = threading.Event()
+    enough = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            sid = f"{W}/n{i}"
+            res = server.cli(
+                "entry",
+                "create",
+                "-spiffeID",
+                sid,
+                "-parentID",
+                AGENT,
+                "-selector",
+                f"unix:uid:{i}",
+                "-selector",
+                "unix:gid:7",
+                "-dns",
+                f"n{i}.example.org",
+            )
+            if res.returncode == 0 and "Entry ID" in res.stdout:
+                acknowledged.append(sid)
+                if len(acknowledged) >= 5:
+                    enough.set()
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert enough.wait(timeout=60), "no entries acknowledged within 60s"
+        server.signal(signal.SIGKILL)
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+    server.start()
+    doc = json.loads(_ok(server.cli("entry", "show", "-output", "json")))
+    stored = {f"spiffe://example.org{e['spiffe_id']['path']}": e for e in doc["entries"]}
+    missing = [sid for sid in acknowledged if sid not in stored]
+    assert not missing, f"acknowledged but lost: {missing}"
+    for sid, e in stored.items():
+        i = sid.rsplit("/n", 1)[1]
+        sels = {(s["type"], s["value"]) for s in e["selectors"]}
+        assert sels == {("unix", f"uid:{i}"), ("unix", "gid:7")}, e
+        assert e["dns_names"] == [f"n{i}.example.org"], e
+    # the datastore file itself is consistent
+    db = server.root / "data" / "datastore.sqlite3"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
