@@ -9,11 +9,13 @@ the CSR is new for every attestation. Afterwards the trust domain's bundle is re
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from grpclib.client import Channel
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, ProtocolError
+from h2.exceptions import StreamClosedError
 
 from spiffed._proto.spire.api.server.agent.v1 import agent_grpc, agent_pb2
 from spiffed._proto.spire.api.server.bundle.v1 import bundle_grpc, bundle_pb2
@@ -130,6 +132,7 @@ async def attest(
         )
     )
     stub = agent_grpc.AgentStub(channel)
+    result: agent_pb2.AttestAgentResponse.Result | None = None
     try:
         async with stub.AttestAgent.open(timeout=timeout) as stream:
             await stream.send_message(first)
@@ -138,7 +141,6 @@ async def attest(
                 if resp is None:
                     raise AttestationError("server closed the attestation stream without a result")
                 if resp.WhichOneof("step") == "result":
-                    await stream.end()
                     result = resp.result
                     break
                 try:
@@ -148,10 +150,18 @@ async def attest(
                 await stream.send_message(agent_pb2.AttestAgentRequest(challenge_response=answer))
             else:
                 raise AttestationError(f"server sent more than {_MAX_CHALLENGES} challenges")
+            # A Go server may already have reset the stream after its result (NO_ERROR).
+            with contextlib.suppress(StreamClosedError):
+                await stream.end()
     except GRPCError as exc:
         raise AttestationError(
             f"attestation refused: {exc.status.name}: {exc.message}", exc
         ) from None
+    except ProtocolError:
+        if result is None:  # only the closing of a finished stream may fail
+            raise
+    if result is None:
+        raise AttestationError("server closed the attestation stream without a result")
     svid = svid_from_proto(result.svid, key)
     bundle = await fetch_bundle(channel, trust_domain)
     try:

@@ -21,7 +21,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from grpclib.client import Channel
-from grpclib.protocol import H2Protocol
+from grpclib.protocol import EventsProcessor, H2Protocol
+from h2.errors import ErrorCodes
+from h2.events import StreamReset
 
 from spiffed._proto.spire.api.types import bundle_pb2 as types_bundle
 from spiffed._proto.spire.api.types import x509svid_pb2 as types_x509svid
@@ -94,6 +96,28 @@ def bundle_from_proto(msg: types_bundle.Bundle) -> SpiffeBundle:
         raise ServerClientError(f"server sent an unusable bundle: {exc}") from None
 
 
+class _CompleteResponseTolerantEvents(EventsProcessor):
+    """grpclib's event processor, except for a reset after a complete response.
+
+    A Go gRPC server ends a bidirectional stream whose client has not half-closed yet (as
+    after ``AttestAgent``'s result) with trailers and then ``RST_STREAM(NO_ERROR)``, which
+    RFC 9113 §8.1 allows. grpclib would turn that reset into ``StreamTerminatedError`` and
+    drop the response it has already received; here a ``NO_ERROR`` reset after the trailers
+    is ignored, any other reset is handled as grpclib does.
+    """
+
+    def process_stream_reset(self, event: StreamReset) -> None:
+        stream = self.streams.get(event.stream_id) if event.stream_id is not None else None
+        if (
+            stream is not None
+            and event.remote_reset
+            and event.error_code == ErrorCodes.NO_ERROR
+            and stream.trailers is not None
+        ):
+            return
+        super().process_stream_reset(event)
+
+
 class ServerChannel(Channel):
     """A grpclib channel that checks the server's SPIFFE ID after each TLS handshake.
 
@@ -142,6 +166,7 @@ class ServerChannel(Channel):
             raise ConnectionError(
                 f"cannot connect to the server at {self._host}:{self._port}: {exc}"
             ) from exc
+        protocol.processor = _CompleteResponseTolerantEvents(protocol.handler, protocol.connection)
         if self._roots is not None:
             try:
                 self._check_peer(transport.get_extra_info("ssl_object"))

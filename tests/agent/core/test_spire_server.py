@@ -1,0 +1,201 @@
+"""The agent core against a real spire-server v1.15.3: attestation, persistence, sync, rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from grpclib.const import Status
+
+from spiffed.agent.attest import AttestationError, JoinTokenAttestor, attest
+from spiffed.agent.cache import IdentityCache
+from spiffed.agent.client import ServerChannel
+from spiffed.agent.manager import Manager, SyncResult
+from spiffed.agent.manager.storage import load_state
+from spiffed.bundle import X509Bundle
+from spiffed.spiffeid import TrustDomain
+from spiffed.svid.x509 import X509Svid, verify_chain
+from tests.interop.spireserver.server import SpireServer
+
+pytestmark = pytest.mark.interop
+
+TD = TrustDomain("example.org")
+
+
+def server_bundle(spire: SpireServer) -> X509Bundle:
+    return X509Bundle.parse_pem(TD, spire.bundle_pem())
+
+
+async def attest_with(spire: SpireServer, token: str, *, insecure: bool = True):  # type: ignore[no-untyped-def]
+    roots = None if insecure else list(server_bundle(spire).authorities)
+    channel = ServerChannel("127.0.0.1", spire.port, trust_domain=TD, roots=roots)
+    try:
+        return await attest(channel, JoinTokenAttestor(token), TD)
+    finally:
+        channel.close()
+
+
+async def wait_until(condition: Callable[[], object], *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("insecure", [True, False], ids=["insecure_bootstrap", "bundle"])
+async def test_join_token_attestation_gives_a_verifiable_agent_svid(
+    spire: SpireServer, insecure: bool
+) -> None:
+    token = spire.generate_token()
+    result = await attest_with(spire, token, insecure=insecure)
+    assert str(result.svid.spiffe_id) == f"spiffe://example.org/spire/agent/join_token/{token}"
+    spiffe_id, _ = verify_chain(result.svid.cert_chain, server_bundle(spire))
+    assert spiffe_id == result.svid.spiffe_id
+    assert result.bundle.x509_authorities == server_bundle(spire).authorities
+    assert spire.agent_count() == 1
+
+
+async def test_reused_join_token_is_refused(spire: SpireServer) -> None:
+    token = spire.generate_token()
+    await attest_with(spire, token)
+    with pytest.raises(AttestationError) as info:
+        await attest_with(spire, token)
+    assert info.value.status is not None
+    assert info.value.status.status == Status.INVALID_ARGUMENT
+    assert "join token does not exist or has already been used" in str(info.value)
+
+
+async def test_bogus_join_token_is_refused(spire: SpireServer) -> None:
+    with pytest.raises(AttestationError) as info:
+        await attest_with(spire, "not-a-token")
+    assert info.value.status is not None
+    assert info.value.status.status == Status.INVALID_ARGUMENT
+    assert "join token does not exist or has already been used" in str(info.value)
+    assert spire.agent_count() == 0
+
+
+async def sync_until(
+    m: Manager, done: Callable[[SyncResult], bool], *, timeout: float
+) -> SyncResult:
+    deadline = time.monotonic() + timeout
+    while not done(result := await m.sync_once()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no sync matched within {timeout}s; last: {result}")
+        await asyncio.sleep(0.2)
+    return result
+
+
+def manager(spire: SpireServer, data_dir: Path, token: str, **kw: object) -> Manager:
+    return Manager(
+        trust_domain=TD,
+        server_address="127.0.0.1",
+        server_port=spire.port,
+        data_dir=data_dir,
+        attestor=JoinTokenAttestor(token),
+        cache=IdentityCache(TD),
+        bootstrap_roots=list(server_bundle(spire).authorities),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_restarted_agent_reuses_its_stored_svid(spire: SpireServer, tmp_path: Path) -> None:
+    token = spire.generate_token()
+    first = manager(spire, tmp_path / "data", token)
+    await first.initialize()
+    assert first.attestations == 1
+    second = manager(spire, tmp_path / "data", token)  # the token is spent: attesting would fail
+    await second.initialize()
+    assert second.attestations == 0
+    assert second.svid.cert_chain == first.svid.cert_chain
+    assert spire.agent_count() == 1
+    result = await second.sync_once()  # the stored SVID still authenticates to the server
+    assert result.entries == 0
+
+
+async def test_sync_fills_the_cache_with_entry_svids(spire: SpireServer, tmp_path: Path) -> None:
+    token = spire.generate_token()
+    m = manager(spire, tmp_path / "data", token)
+    await m.initialize()
+    agent_id = str(m.svid.spiffe_id)
+    spire.check(
+        "entry", "create", "-parentID", agent_id, "-spiffeID", "spiffe://example.org/web",
+        "-selector", "unix:uid:1000",
+    )  # fmt: skip
+    # spire-server's authorized-entry cache picks new entries up within seconds
+    # (`token generate -spiffeID .../host` made an entry for the node too: two entries)
+    result = await sync_until(m, lambda r: r.entries == 2, timeout=30)
+    assert (result.entries, result.minted, result.failed) == (2, 2, 0)
+    by_id = {str(e.spiffe_id): e for e in m.cache.entries()}
+    assert sorted(by_id) == ["spiffe://example.org/host", "spiffe://example.org/web"]
+    entry = by_id["spiffe://example.org/web"]
+    assert {(s.type, s.value) for s in entry.selectors} == {("unix", "uid:1000")}
+    assert [i.entry.id for i in m.cache.identities_for(entry.selectors)] == [entry.id]
+    svid = m.cache.svid(entry.id)
+    assert svid is not None
+    assert verify_chain(svid.cert_chain, server_bundle(spire))[0] == entry.spiffe_id
+    assert m.cache.bundle is not None
+    assert m.cache.bundle.x509_authorities == server_bundle(spire).authorities
+    again = await m.sync_once()
+    assert again.minted == 0, "a fresh SVID is not minted again"
+    assert m.cache.svid(entry.id) is svid
+
+
+def assert_renewed_near_half_life(old: x509.Certificate, renewed_at: datetime) -> None:
+    """Renewed at half of the old certificate's life, made earlier by at most 10% jitter."""
+    life = old.not_valid_after_utc - old.not_valid_before_utc
+    half = old.not_valid_before_utc + life / 2
+    slack = timedelta(seconds=2)  # sync interval, RPCs, polling
+    assert half - life / 10 - slack <= renewed_at <= half + slack, (renewed_at, half, life)
+
+
+async def test_run_renews_agent_and_rotates_workload_svids_at_half_life(
+    short_ttl_spire: SpireServer, tmp_path: Path
+) -> None:
+    spire = short_ttl_spire
+    token = spire.generate_token()
+    m = manager(spire, tmp_path / "data", token, sync_interval=0.2)
+    await m.initialize()
+    spire.check(
+        "entry", "create", "-parentID", str(m.svid.spiffe_id),
+        "-spiffeID", "spiffe://example.org/web", "-selector", "unix:uid:1000",
+    )  # fmt: skip
+    first_agent = m.svid.leaf
+    task = asyncio.create_task(m.run())
+
+    def web_svid() -> X509Svid | None:
+        for e in m.cache.entries():
+            if str(e.spiffe_id) == "spiffe://example.org/web":
+                return m.cache.svid(e.id)
+        return None
+
+    try:
+        await wait_until(web_svid, timeout=30, what="the first SVID for /web")
+        first_svid = web_svid()
+        assert first_svid is not None
+        await wait_until(lambda: m.svid.leaf != first_agent, timeout=40, what="agent renewal")
+        assert_renewed_near_half_life(first_agent, datetime.now(UTC))
+        await wait_until(
+            lambda: (s := web_svid()) is not None and s.leaf != first_svid.leaf,
+            timeout=40,
+            what="workload SVID rotation",
+        )
+        assert_renewed_near_half_life(first_svid.leaf, datetime.now(UTC))
+        rotated = web_svid()
+        assert rotated is not None
+        assert verify_chain(rotated.cert_chain, server_bundle(spire))[0] == rotated.spiffe_id
+        assert str(m.svid.spiffe_id) == f"spiffe://example.org/spire/agent/join_token/{token}"
+        stored = load_state(tmp_path / "data", TD)
+        assert stored is not None
+        assert stored.svid.cert_chain == m.svid.cert_chain, "the renewed SVID is persisted"
+        assert m.attestations == 1, "renewal is RenewAgent, not a new attestation"
+        assert spire.agent_count() == 1
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
