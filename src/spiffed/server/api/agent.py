@@ -48,11 +48,17 @@ def agent_id_from_proto(msg: spiffeid_pb2.SPIFFEID, td: TrustDomain) -> SpiffeId
 
 
 def _expires_before(text: str) -> int:
-    for fmt in ("%Y-%m-%d %H:%M:%S %z", "%Y-%m-%dT%H:%M:%S%z"):
-        try:
-            return int(datetime.strptime(text.replace("Z", "+0000"), fmt).timestamp())
-        except ValueError:
-            continue
+    """SPIRE's ``2006-01-02 15:04:05 -0700 -07`` (what ``spire-server agent list`` sends); the
+    trailing zone abbreviation is optional here, and RFC 3339 is accepted too."""
+    parts = text.split(" ")
+    candidates = [text, " ".join(parts[:3])] if len(parts) == 4 else [text]
+    for candidate in candidates:
+        for fmt in ("%Y-%m-%d %H:%M:%S %z", "%Y-%m-%dT%H:%M:%S%z"):
+            try:
+                when = datetime.strptime(candidate.replace("Z", "+0000"), fmt)
+            except ValueError:
+                continue
+            return int(when.timestamp())
     raise ServerError(
         Status.INVALID_ARGUMENT,
         f'failed to build ListAgents filter: invalid by_expires_before "{text}"',
@@ -75,16 +81,16 @@ def _filter(flt: Any) -> ds.NodeFilter:
             sels = tuple(selector_from_proto(s) for s in m.selectors)
         except ServerError as exc:
             raise ServerError(
-                Status.INVALID_ARGUMENT, f"failed to build ListAgents filter: {exc.message}"
+                Status.INVALID_ARGUMENT, f"failed to parse selectors: {exc.message}"
             ) from None
         if not sels:
             raise ServerError(
-                Status.INVALID_ARGUMENT, "failed to build ListAgents filter: empty selector set"
+                Status.INVALID_ARGUMENT, "failed to parse selectors: empty selector set"
             )
         if m.match not in MATCH_BEHAVIOR:
             raise ServerError(
                 Status.INVALID_ARGUMENT,
-                f"failed to build ListAgents filter: unknown match {m.match}",
+                f"failed to parse selectors: unknown match behavior {m.match}",
             )
         out["by_selectors"] = ds.SelectorFilter(sels, MATCH_BEHAVIOR[m.match])
     return ds.NodeFilter(**out)
@@ -193,8 +199,9 @@ class AgentService(agent_grpc.AgentBase):
         expiry = int(time.time()) + req.ttl
         try:
             await self._ds.create_join_token(ds.JoinToken(token, expiry))
-        except ds.AlreadyExistsError:
-            raise ServerError(Status.ALREADY_EXISTS, "join token already exists") from None
+        except ds.AlreadyExistsError as exc:
+            # SPIRE answers INTERNAL here too (its datastore error is not mapped).
+            raise ServerError(Status.INTERNAL, f"failed to create token: {exc}") from None
         if alias is not None:
             entry = ds.RegistrationEntry(
                 spiffe_id=str(alias),

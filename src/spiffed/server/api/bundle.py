@@ -49,27 +49,26 @@ def _trust_domain(name: str) -> TrustDomain:
         ) from None
 
 
-def _check_x509(items: Any) -> None:
+def _check_x509(items: Any, prefix: str = "failed to convert bundle") -> None:
     for cert in items:
         try:
             x509.load_der_x509_certificate(cert.asn1)
         except ValueError as exc:
             raise ServerError(
-                Status.INVALID_ARGUMENT,
-                f"failed to convert bundle: unable to parse X.509 authority: {exc}",
+                Status.INVALID_ARGUMENT, f"{prefix}: unable to parse X.509 authority: {exc}"
             ) from None
 
 
-def _check_jwt(items: Any) -> None:
+def _check_jwt(items: Any, prefix: str = "failed to convert bundle") -> None:
     for key in items:
         if not key.key_id:
-            raise ServerError(Status.INVALID_ARGUMENT, "failed to convert bundle: missing key ID")
+            raise ServerError(Status.INVALID_ARGUMENT, f"{prefix}: missing key ID")
         try:
             load_der_public_key(key.public_key)
         except ValueError as exc:
             raise ServerError(
                 Status.INVALID_ARGUMENT,
-                f'failed to convert bundle: failed to parse JWT authority "{key.key_id}": {exc}',
+                f'{prefix}: failed to parse JWT authority "{key.key_id}": {exc}',
             ) from None
 
 
@@ -130,8 +129,8 @@ class BundleService(bundle_grpc.BundleBase):
         assert req is not None
         if not req.x509_authorities and not req.jwt_authorities:
             raise ServerError(Status.INVALID_ARGUMENT, "no authorities to append")
-        _check_x509(req.x509_authorities)
-        _check_jwt(req.jwt_authorities)
+        _check_jwt(req.jwt_authorities, "failed to convert JWT authority")
+        _check_x509(req.x509_authorities, "failed to convert X.509 authority")
         bundle = await self._own()
         present = {a.asn1 for a in bundle.x509_authorities}
         kids = {k.key_id for k in bundle.jwt_authorities}
@@ -212,13 +211,12 @@ class BundleService(bundle_grpc.BundleBase):
         await stream.send_message(_out(bundle, _mask(req)))
 
     def _checked(self, msg: types_bundle.Bundle, verb: str) -> types_bundle.Bundle:
-        bundle = validate_bundle(msg)
-        if bundle.trust_domain == self._td:
+        if _trust_domain(msg.trust_domain).name == self._td:
             raise ServerError(
                 Status.INVALID_ARGUMENT,
                 f"{verb} a federated bundle for the server's own trust domain is not allowed",
             )
-        return bundle
+        return validate_bundle(msg)
 
     @rpc
     async def BatchCreateFederatedBundle(self, stream: Stream[Any, Any]) -> None:
@@ -298,7 +296,10 @@ class BundleService(bundle_grpc.BundleBase):
         req = await stream.recv_message()
         assert req is not None
         if req.mode not in _DELETE_MODES:
-            raise ServerError(Status.INVALID_ARGUMENT, f"unknown delete mode {req.mode}")
+            raise ServerError(
+                Status.INVALID_ARGUMENT,
+                f'failed to parse deletion mode: unhandled delete mode "{req.mode}"',
+            )
         mode = _DELETE_MODES[req.mode]
         R = bundle_pb2.BatchDeleteFederatedBundleResponse.Result
         results = []
@@ -311,10 +312,16 @@ class BundleService(bundle_grpc.BundleBase):
                         "removing the bundle for the server trust domain is not allowed",
                     )
                 await self._ds.delete_bundle(td.name, mode)
+            except ds.FailedPreconditionError as exc:
+                status = error_status(
+                    Status.FAILED_PRECONDITION, f"failed to delete federated bundle: {exc}"
+                )
+                results.append(R(trust_domain=name, status=status))
+                continue
             except Exception as exc:
                 results.append(
                     R(trust_domain=name, status=status_of(exc, not_found="bundle not found"))
                 )
                 continue
-            results.append(R(trust_domain=td.name, status=ok_status()))
+            results.append(R(trust_domain=name, status=ok_status()))
         await stream.send_message(bundle_pb2.BatchDeleteFederatedBundleResponse(results=results))

@@ -37,7 +37,7 @@ def state_to_proto(state: AuthorityState | None) -> la.AuthorityState | None:
     )
 
 
-_WIT = "WIT authorities are not implemented"
+_WIT = "WIT-SVID functionality is not yet implemented"
 
 
 class LocalAuthorityService(localauthority_grpc.LocalAuthorityBase):
@@ -153,7 +153,12 @@ class LocalAuthorityService(localauthority_grpc.LocalAuthorityBase):
         if getattr(self._ctx.ca, "_upstream", None) is None:
             raise ServerError(Status.FAILED_PRECONDITION, "upstream authority is not configured")
         if not req.subject_key_id:
-            raise ServerError(Status.INVALID_ARGUMENT, "no subject key ID provided")
+            what = (
+                "provided subject key id is not valid"
+                if verb == "tainting"
+                else ("invalid subject key ID")
+            )
+            raise ServerError(Status.INVALID_ARGUMENT, f"{what}: no subject key ID provided")
         raise ServerError(
             Status.UNIMPLEMENTED,
             f"{verb} an upstream authority is not supported yet by this server's CA",

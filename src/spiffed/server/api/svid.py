@@ -29,7 +29,20 @@ from spiffed.server.errors import ServerError
 from spiffed.spiffeid import SpiffeId
 from spiffed.svid.jwt import JwtSvidError, sign_jwt_svid
 
-__all__ = ["SvidService"]
+__all__ = ["SvidService", "wildcard_overlap"]
+
+
+def wildcard_overlap(names: list[str]) -> bool:
+    """True when a ``*.x`` name covers another name given (``a.x``), as SPIRE refuses."""
+    given = set(names)
+    for name in names:
+        if name.startswith("*."):
+            suffix = name[1:]
+            if any(
+                o != name and o.endswith(suffix) and "." not in o[: -len(suffix)] for o in given
+            ):
+                return True
+    return False
 
 
 def _ttl(ttl: int) -> timedelta | None:
@@ -56,8 +69,8 @@ class SvidService(svid_grpc.SVIDBase):
             raise ServerError(Status.INVALID_ARGUMENT, "missing CSR")
         try:
             csr = x509.load_der_x509_csr(req.csr)
-        except ValueError:
-            raise ServerError(Status.INVALID_ARGUMENT, "malformed CSR") from None
+        except ValueError as exc:
+            raise ServerError(Status.INVALID_ARGUMENT, f"malformed CSR: {exc}") from None
         try:
             sig_ok = csr.is_signature_valid
         except Exception:
@@ -69,8 +82,10 @@ class SvidService(svid_grpc.SVIDBase):
         except x509.ExtensionNotFound:
             san = x509.SubjectAlternativeName([])
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-        if len(uris) != 1:
-            raise ServerError(Status.INVALID_ARGUMENT, "CSR must have exactly one URI SAN")
+        if not uris:
+            raise ServerError(Status.INVALID_ARGUMENT, "CSR URI SAN is required")
+        if len(uris) > 1:
+            raise ServerError(Status.INVALID_ARGUMENT, "only one URI SAN is expected")
         try:
             sid = SpiffeId.parse(uris[0])
             id_in_trust_domain(spiffe_id_to_proto(sid), td, IdKind.WORKLOAD)
@@ -81,7 +96,17 @@ class SvidService(svid_grpc.SVIDBase):
             reason = dns_name_problem(name)
             if reason:
                 raise ServerError(Status.INVALID_ARGUMENT, f"CSR DNS name is invalid: {reason}")
-        chain = self._ctx.ca.sign_x509_svid(sid, csr, ttl=_ttl(req.ttl), dns_names=dns)
+        if wildcard_overlap(dns):
+            raise ServerError(
+                Status.INVALID_ARGUMENT,
+                "CSR DNS name contains a wildcard that covers another non-wildcard name",
+            )
+        try:
+            chain = self._ctx.ca.sign_x509_svid(sid, csr, ttl=_ttl(req.ttl), dns_names=dns)
+        except ServerError as exc:
+            if exc.status is Status.INVALID_ARGUMENT:
+                raise
+            raise ServerError(Status.INTERNAL, f"failed to sign X509-SVID: {exc.message}") from None
         await stream.send_message(
             svid_pb2.MintX509SVIDResponse(
                 svid=x509svid_pb2.X509SVID(
