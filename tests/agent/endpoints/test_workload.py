@@ -6,6 +6,7 @@ entries the test registers for that UID are what it must get (and nothing else).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -26,6 +27,7 @@ from spiffed.selector import Selector
 from spiffed.spiffeid import SpiffeId
 from spiffed.svid.jwt import JwtSvid
 from tests.agent.endpoints.support import (
+    DEADLINE,
     FED,
     MD,
     MY_UID,
@@ -460,3 +462,14 @@ async def test_callers_are_rate_limited_by_uid(tmp_path: Path) -> None:
             assert f"uid {os.getuid()}" in (err.message or "")
             clock[0] += 1.0
             await api.FetchJWTSVID(request, metadata=MD)
+
+
+async def test_a_client_leaving_ends_its_subscription(agent: Agent) -> None:
+    agent.add(entry("a", "/a", MY_UID))
+    with agent.channel() as ch:
+        async with open_stream(ch, "FetchX509SVID", REQ_X509) as s:
+            await s.next()
+            assert len(agent.cache._subscriptions) == 1
+    async with asyncio.timeout(DEADLINE):
+        while agent.cache._subscriptions:
+            await asyncio.sleep(0.01)  # poll: the server notices the reset asynchronously
