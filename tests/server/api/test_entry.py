@@ -86,6 +86,9 @@ async def test_create_similar_entry_is_already_exists_with_the_existing_one(api:
     assert dup.entry.id == first.entry.id
     assert other.status.code == OK
     assert await api.ds.count_entries() == 2
+    [taken] = await create(api, entry(path="/third", id=first.entry.id))
+    assert taken.status.code == EXISTS and taken.status.message.startswith("failed to create entry")
+    assert await api.ds.count_entries() == 2
 
 
 async def test_filters(api: Api) -> None:
@@ -199,6 +202,7 @@ async def test_update_refusals_leave_the_entry_unchanged(api: Api) -> None:
     unknown = entry(id="missing")
     resp = await api.entry.BatchUpdateEntry(E.BatchUpdateEntryRequest(entries=[bad, unknown]))
     assert [r.status.code for r in resp.results] == [INVALID, NOT_FOUND]
+    assert resp.results[1].status.message == "failed to update entry"
     assert await api.ds.get_entry(res.entry.id) == before
 
 

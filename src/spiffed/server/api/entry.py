@@ -26,6 +26,7 @@ from spiffed.server.api.convert import (
     rpc,
     selector_from_proto,
     status_of,
+    to_server_error,
 )
 from spiffed.server.context import ServerContext
 from spiffed.server.errors import ServerError
@@ -112,7 +113,7 @@ def _filter(flt: Any, td: TrustDomain) -> ds.EntryFilter:
                 Status.INVALID_ARGUMENT, f"malformed federates with filter: unknown match {f.match}"
             )
         out["by_federates_with"] = ds.TrustDomainFilter(tuple(tds), modes[f.match])
-    if flt.HasField("by_hint"):
+    if flt.HasField("by_hint") and flt.by_hint.value:
         out["by_hint"] = flt.by_hint.value
     if flt.HasField("by_downstream"):
         out["by_downstream"] = flt.by_downstream.value
@@ -202,8 +203,13 @@ class EntryService(entry_grpc.EntryBase):
                 if isinstance(existing, ds.RegistrationEntry):
                     res.entry.CopyFrom(entry_to_proto(existing, mask))
                 else:
-                    res.status.message = str(exc)
+                    res.status.message = f"failed to create entry: {exc}"
                 results.append(res)
+                continue
+            except ds.DataStoreError as exc:
+                err = to_server_error(exc)
+                status = error_status(err.status, f"failed to create entry: {err.message}")
+                results.append(R(status=status))
                 continue
             except Exception as exc:
                 results.append(R(status=status_of(exc)))
@@ -236,7 +242,13 @@ class EntryService(entry_grpc.EntryBase):
             try:
                 updated = await self._ds.update_entry(record, fields)
             except ds.NotFoundError:
-                results.append(R(status=error_status(Status.NOT_FOUND, "entry not found")))
+                status = error_status(Status.NOT_FOUND, "failed to update entry")
+                results.append(R(status=status))
+                continue
+            except ds.DataStoreError as exc:
+                err = to_server_error(exc)
+                status = error_status(err.status, f"failed to update entry: {err.message}")
+                results.append(R(status=status))
                 continue
             except Exception as exc:
                 results.append(R(status=status_of(exc)))
