@@ -93,6 +93,7 @@ def entry(
     *selectors: Selector,
     federates_with: Sequence[TrustDomain] = (),
     hint: str = "",
+    created_at: int = 0,
 ) -> WorkloadEntry:
     """A workload entry of TD."""
     return WorkloadEntry(
@@ -101,6 +102,7 @@ def entry(
         frozenset(selectors),
         federates_with=frozenset(federates_with),
         hint=hint,
+        created_at=created_at,
     )
 
 

@@ -153,21 +153,22 @@ async def test_an_entry_waiting_for_its_svid_is_not_sent_half_done(agent: Agent)
     assert [m.spiffe_id for m in msg.svids] == ["spiffe://example.org/a", "spiffe://example.org/b"]
 
 
-async def test_wa_27_wa_71_duplicate_hints_dropped_and_long_hints_not_served(agent: Agent) -> None:
+async def test_wa_27_wa_71_duplicate_hints_keep_the_oldest_and_long_hints_are_not_served(
+    agent: Agent,
+) -> None:
     agent.add(
-        entry("a", "/a", MY_UID, hint="internal"),
-        entry("b", "/b", MY_UID, hint="internal"),
+        entry("a", "/a", MY_UID, hint="internal", created_at=20),
+        entry("b", "/b", MY_UID, hint="internal", created_at=10),
         entry("c", "/c", MY_UID, hint="x" * 1025),
         entry("d", "/d", MY_UID, hint="external"),
     )
+    expected = [("b", "internal"), ("c", ""), ("d", "external")]
     with agent.channel() as ch:
         async with open_stream(ch, "FetchX509SVID", REQ_X509) as s:
             msg = await s.next()
-    assert [(m.spiffe_id.rsplit("/", 1)[1], m.hint) for m in msg.svids] == [
-        ("a", "internal"),
-        ("c", ""),
-        ("d", "external"),
-    ]
+        jwts = await stub(ch).FetchJWTSVID(pb.JWTSVIDRequest(audience=["x"]), metadata=MD)
+    assert [(m.spiffe_id.rsplit("/", 1)[1], m.hint) for m in msg.svids] == expected
+    assert [(m.spiffe_id.rsplit("/", 1)[1], m.hint) for m in jwts.svids] == expected
 
 
 @pytest.mark.parametrize(

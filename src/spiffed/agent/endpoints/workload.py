@@ -63,6 +63,24 @@ def _deny(status: Status, message: str) -> NoReturn:
     raise GRPCError(status, message)
 
 
+def _served_hint(entry: WorkloadEntry) -> str:
+    """The entry's hint, or "" when it is too long to serve (WA-71)."""
+    return entry.hint if len(entry.hint.encode()) <= MAX_HINT_BYTES else ""
+
+
+def _hint_losers(entries: Sequence[WorkloadEntry]) -> set[str]:
+    """IDs of entries left out because an older entry has the same hint (WA-27; SPIRE keeps
+    the oldest: lowest ``created_at``, then entry ID)."""
+    winners: dict[str, WorkloadEntry] = {}
+    for e in entries:
+        hint = _served_hint(e)
+        if hint:
+            best = winners.get(hint)
+            if best is None or (e.created_at, e.id) < (best.created_at, best.id):
+                winners[hint] = e
+    return {e.id for e in entries if _served_hint(e) and winners[_served_hint(e)] is not e}
+
+
 @dataclass(frozen=True, slots=True)
 class _CachedJwt:
     token: str
@@ -187,15 +205,11 @@ class WorkloadApiService(SpiffeWorkloadAPIBase):
             return None
         own = self._own_bundle().x509_bundle().marshal_der()
         resp = pb.X509SVIDResponse()
-        hints: set[str] = set()
+        losers = _hint_losers(entries)
         for identity in identities:
-            hint = identity.entry.hint
-            if len(hint.encode()) > MAX_HINT_BYTES:
-                hint = ""
-            if hint:
-                if hint in hints:
-                    continue  # WA-27: the first SVID with a hint keeps it, the rest are dropped
-                hints.add(hint)
+            if identity.entry.id in losers:
+                continue
+            hint = _served_hint(identity.entry)
             chain, key = identity.svid.marshal_der()
             resp.svids.append(
                 pb.X509SVID(
@@ -288,16 +302,12 @@ class WorkloadApiService(SpiffeWorkloadAPIBase):
                 _deny(Status.PERMISSION_DENIED, f"no identity issued for {wanted}")
         resp = pb.JWTSVIDResponse()
         seen_ids: set[SpiffeId] = set()
-        hints: set[str] = set()
+        losers = _hint_losers(entries)
         for entry in entries:
-            if entry.spiffe_id in seen_ids:
+            if entry.spiffe_id in seen_ids or entry.id in losers:
                 continue
             seen_ids.add(entry.spiffe_id)
-            hint = entry.hint if len(entry.hint.encode()) <= MAX_HINT_BYTES else ""
-            if hint and hint in hints:
-                continue
-            if hint:
-                hints.add(hint)
+            hint = _served_hint(entry)
             key = (entry.spiffe_id, frozenset(audience))
             token = self._jwts.get(key)
             if token is None:
