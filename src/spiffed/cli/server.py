@@ -145,14 +145,17 @@ def healthcheck(socket_path: str, shallow: bool, verbose: bool) -> None:
     """Determines server health status."""
     import asyncio
 
-    from spiffed.cli._spire import check_health
+    from spiffed.cli._spire import check_health, fail
 
+    if verbose:
+        click.echo("Checking server health...")
     ok, detail = asyncio.run(check_health(socket_path, verbose=verbose))
     if not ok:
-        if verbose and detail:
-            click.echo(detail, err=True)
-        click.echo("Server is unhealthy: unable to determine health", err=True)
-        sys.exit(1)
+        if detail.startswith("Failed to check health: "):
+            if verbose:
+                click.echo(detail, err=True)
+            detail = "unable to determine health"
+        fail(f"server is unhealthy: {detail}")
     click.echo("Server is healthy.")
 
 
@@ -846,3 +849,309 @@ def jwt_mint(
     except OSError as exc:
         fail(f"unable to write token: {exc}")
     click.echo(f"JWT-SVID written to {write}")
+
+
+# --- agent ------------------------------------------------------------------------------
+
+
+def _go_time(seconds: int) -> str:
+    """Go's ``time.Time.String()`` of a Unix time, in UTC."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+
+
+def _print_agent(a: Any) -> None:
+    click.echo(f"SPIFFE ID         : {id_to_str(a.id)}")
+    click.echo(f"Attestation type  : {a.attestation_type}")
+    click.echo(f"Expiration time   : {_go_time(a.x509svid_expires_at)}")
+    if a.banned:
+        click.echo("Banned            : true")
+    else:
+        click.echo(f"Serial number     : {a.x509svid_serial_number}")
+    click.echo(f"Can re-attest     : {'true' if a.can_reattest else 'false'}")
+    if a.agent_version:
+        click.echo(f"Agent version     : {a.agent_version}")
+    click.echo("")
+
+
+@cli.group()
+def agent() -> None:
+    """Manage attested agents."""
+
+
+def _agent_filter_flags(func: _F) -> _F:
+    for decorator in reversed(
+        [
+            _multi("selector", "A colon-delimited type:value selector. Can be used more than once"),
+            _opt(
+                "attestationType",
+                "Filter by attestation type, like join_token or x509pop.",
+                default="",
+            ),
+            _opt(
+                "canReattest",
+                "Filter based on string received, 'true': agents that can "
+                "reattest, 'false': agents that can't reattest, other value will return all.",
+                default="",
+            ),
+            _opt(
+                "banned",
+                "Filter based on string received, 'true': banned agents, 'false': "
+                "not banned agents, other value will return all.",
+                default="",
+            ),
+            _opt(
+                "expiresBefore",
+                'Filter by expiration time (format: "2006-01-02 15:04:05 -0700 -07")',
+                default="",
+            ),
+            _opt(
+                "matchSelectorsOn",
+                "The match mode used when filtering by selectors. "
+                "Options: exact, any, superset and subset",
+                default="superset",
+                type=click.Choice(_MATCH),
+            ),
+            socket_option,
+            output_option,
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def _agent_filter(o: dict[str, Any]) -> Any:
+    from google.protobuf import wrappers_pb2
+
+    from spiffed._proto.spire.api.server.agent.v1 import agent_pb2
+    from spiffed._proto.spire.api.types import selector_pb2
+
+    flt = agent_pb2.ListAgentsRequest.Filter(
+        by_attestation_type=o["attestationType"], by_expires_before=o["expiresBefore"]
+    )
+    if o["selector"]:
+        flt.by_selector_match.CopyFrom(
+            selector_pb2.SelectorMatch(
+                selectors=[parse_selector(s) for s in o["selector"]],
+                match=selector_pb2.SelectorMatch.MatchBehavior.Value(
+                    f"MATCH_{o['matchSelectorsOn'].upper()}"
+                ),
+            )
+        )
+    for flag, field in (("banned", "by_banned"), ("canReattest", "by_can_reattest")):
+        if o[flag] in ("true", "false"):
+            getattr(flt, field).CopyFrom(wrappers_pb2.BoolValue(value=o[flag] == "true"))
+    return flt
+
+
+@agent.command("list")
+@_agent_filter_flags
+def agent_list(socket_path: str, output: str, **o: Any) -> None:
+    """Lists attested agents and their SPIFFE IDs."""
+    from spiffed._proto.spire.api.server.agent.v1 import agent_grpc, agent_pb2
+
+    async def fetch(ch: Any) -> Any:
+        stub = agent_grpc.AgentStub(ch)
+        out = agent_pb2.ListAgentsResponse()
+        token = ""
+        while True:
+            page = await stub.ListAgents(
+                agent_pb2.ListAgentsRequest(filter=_agent_filter(o), page_token=token)
+            )
+            out.agents.extend(page.agents)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    resp = call(socket_path, fetch)
+    if output == "json":
+        print_json(resp)
+        return
+    if not resp.agents:
+        click.echo("No attested agents found")
+        return
+    n = len(resp.agents)
+    click.echo(pluralize(f"Found {n} attested ", "agent", "agents", n) + ":\n")
+    for a in resp.agents:
+        _print_agent(a)
+
+
+@agent.command("count")
+@_agent_filter_flags
+def agent_count(socket_path: str, output: str, **o: Any) -> None:
+    """Count attested agents."""
+    from spiffed._proto.spire.api.server.agent.v1 import agent_grpc, agent_pb2
+
+    flt = _agent_filter(o)
+    req = agent_pb2.CountAgentsRequest(
+        filter=agent_pb2.CountAgentsRequest.Filter(**{f.name: v for f, v in flt.ListFields()})
+    )
+    resp = call(socket_path, lambda ch: agent_grpc.AgentStub(ch).CountAgents(req))
+    if output == "json":
+        print_json(resp)
+        return
+    click.echo(pluralize(f"{resp.count} attested ", "agent", "agents", resp.count))
+
+
+def _agent_id(spiffe_id: str) -> Any:
+    if not spiffe_id:
+        fail("a SPIFFE ID is required")
+    return id_to_proto(spiffe_id)
+
+
+@agent.command("show")
+@_opt("spiffeID", "The SPIFFE ID of the agent to show (agent identity)", default="")
+@socket_option
+@output_option
+def agent_show(socket_path: str, output: str, spiffeID: str) -> None:
+    """Shows the details of an attested agent given its SPIFFE ID."""
+    from spiffed._proto.spire.api.server.agent.v1 import agent_grpc, agent_pb2
+
+    req = agent_pb2.GetAgentRequest(id=_agent_id(spiffeID))
+    resp = call(socket_path, lambda ch: agent_grpc.AgentStub(ch).GetAgent(req))
+    if output == "json":
+        print_json(resp)
+        return
+    click.echo("Found an attested agent given its SPIFFE ID\n")
+    _print_agent(resp)
+    for s in resp.selectors:
+        click.echo(f"Selectors         : {s.type}:{s.value}")
+
+
+@agent.command("ban")
+@_opt("spiffeID", "The SPIFFE ID of the agent to ban (agent identity)", default="")
+@socket_option
+@output_option
+def agent_ban(socket_path: str, output: str, spiffeID: str) -> None:
+    """Ban an attested agent given its SPIFFE ID."""
+    from spiffed._proto.spire.api.server.agent.v1 import agent_grpc, agent_pb2
+
+    req = agent_pb2.BanAgentRequest(id=_agent_id(spiffeID))
+    resp = call(socket_path, lambda ch: agent_grpc.AgentStub(ch).BanAgent(req))
+    if output == "json":
+        print_json(resp)
+        return
+    click.echo("Agent banned successfully")
+
+
+@agent.command("evict")
+@_opt("spiffeID", "The SPIFFE ID of the agent to evict (agent identity)", default="")
+@socket_option
+@output_option
+def agent_evict(socket_path: str, output: str, spiffeID: str) -> None:
+    """Evicts an attested agent given its SPIFFE ID."""
+    from spiffed._proto.spire.api.server.agent.v1 import agent_grpc, agent_pb2
+
+    req = agent_pb2.DeleteAgentRequest(id=_agent_id(spiffeID))
+    resp = call(socket_path, lambda ch: agent_grpc.AgentStub(ch).DeleteAgent(req))
+    if output == "json":
+        print_json(resp)
+        return
+    click.echo("Agent evicted successfully")
+
+
+# --- localauthority ---------------------------------------------------------------------
+
+
+@cli.group()
+def localauthority() -> None:
+    """Manage local authorities (forced rotation, key compromise recovery)."""
+
+
+def _print_authority(state: Any, *, x509_kind: bool) -> None:
+    click.echo(f"  Authority ID: {state.authority_id}")
+    click.echo(f"  Expires at: {_go_time(state.expires_at)}")
+    if not x509_kind:
+        return
+    if state.upstream_authority_subject_key_id:
+        click.echo(
+            f"  Upstream authority Subject Key ID: {state.upstream_authority_subject_key_id}"
+        )
+    else:
+        click.echo("  Upstream authority ID: No upstream authority")
+
+
+def _authority_group(kind: str) -> click.Group:
+    label = "X.509" if kind == "X509" else "JWT"
+    x509_kind = kind == "X509"
+
+    @click.group(name=kind.lower())
+    def group() -> None:
+        pass
+
+    group.__doc__ = f"Manage {label} authorities."
+
+    def stub(ch: Any) -> Any:
+        from spiffed._proto.spire.api.server.localauthority.v1 import localauthority_grpc
+
+        return localauthority_grpc.LocalAuthorityStub(ch)
+
+    def pb() -> Any:
+        from spiffed._proto.spire.api.server.localauthority.v1 import localauthority_pb2
+
+        return localauthority_pb2
+
+    @group.command("show", help=f"Shows the local {label} authorities")
+    @socket_option
+    @output_option
+    def show(socket_path: str, output: str) -> None:
+        req = getattr(pb(), f"Get{kind}AuthorityStateRequest")()
+        resp = call(socket_path, lambda ch: getattr(stub(ch), f"Get{kind}AuthorityState")(req))
+        if output == "json":
+            print_json(resp)
+            return
+        for i, (name, field) in enumerate(
+            (("Active", "active"), ("Prepared", "prepared"), ("Old", "old"))
+        ):
+            if i:
+                click.echo("")
+            click.echo(f"{name} {label} authority:")
+            if resp.HasField(field):
+                _print_authority(getattr(resp, field), x509_kind=x509_kind)
+            else:
+                click.echo(f"  No {name.lower()} {label} authority found")
+
+    def verb_command(verb: str, past: str, needs_id: bool, help_text: str) -> None:
+        def run(socket_path: str, output: str, authority_id: str = "") -> None:
+            if needs_id and not authority_id:
+                fail("an authority ID is required")
+            req_type = getattr(pb(), f"{verb}{kind}AuthorityRequest")
+            req = req_type(authority_id=authority_id) if needs_id else req_type()
+            resp = call(socket_path, lambda ch: getattr(stub(ch), f"{verb}{kind}Authority")(req))
+            if output == "json":
+                print_json(resp)
+                return
+            click.echo(f"{past.capitalize()} {label} authority:")
+            _print_authority(getattr(resp, f"{past}_authority"), x509_kind=x509_kind)
+
+        command: Any = run
+        if needs_id:
+            command = click.option(
+                "-authorityID",
+                "--authorityID",
+                "authority_id",
+                default="",
+                help=f"The authority ID of the {label} authority to {verb.lower()}",
+            )(command)
+        command = output_option(socket_option(command))
+        group.command(verb.lower(), help=help_text)(command)
+
+    verb_command("Prepare", "prepared", False, f"Prepares a new {label} authority for use")
+    verb_command("Activate", "activated", True, f"Activates a prepared {label} authority")
+    verb_command(
+        "Taint", "tainted", True, f"Marks the previously active {label} authority as being tainted"
+    )
+    verb_command(
+        "Revoke",
+        "revoked",
+        True,
+        f"Revokes the previously active {label} authority "
+        "by removing it from the bundle and propagating this update throughout the "
+        "cluster",
+    )
+    return group
+
+
+localauthority.add_command(_authority_group("X509"))
+localauthority.add_command(_authority_group("JWT"))

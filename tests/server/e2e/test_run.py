@@ -184,7 +184,9 @@ def test_jwt_mint_and_token_generate(server: ServerProcess) -> None:
     assert "Warning: Missing SPIFFE ID." in _ok(server.cli("token", "generate"))
 
 
-def _tls_call(server: ServerProcess, bundle_pem: str) -> tuple[str, Status | None]:
+def _tls_call(
+    server: ServerProcess, bundle_pem: str, client: Path | None = None
+) -> tuple[str, Status | None]:
     roots = bundle_pem
 
     async def go() -> tuple[str, Status | None]:
@@ -192,6 +194,8 @@ def _tls_call(server: ServerProcess, bundle_pem: str) -> tuple[str, Status | Non
         ctx.check_hostname = False
         ctx.load_verify_locations(cadata=roots)
         ctx.set_alpn_protocols(["h2"])
+        if client is not None:
+            ctx.load_cert_chain(client / "svid.pem", client / "key.pem")
         channel = Channel("127.0.0.1", server.port, ssl=ctx)
         try:
             got = await bundle_grpc.BundleStub(channel).GetBundle(bundle_pb2.GetBundleRequest())
@@ -296,3 +300,72 @@ def test_sigkill_during_entry_creates_loses_no_acknowledged_entry(server: Server
     db = server.root / "data" / "datastore.sqlite3"
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_tcp_with_svid_admin_only_when_admin_entry(server: ServerProcess) -> None:
+    bundle = _ok(server.cli("bundle", "show"))
+    ops = "spiffe://example.org/ops"
+    creds = server.root / "ops"
+    creds.mkdir()
+    _ok(server.cli("x509", "mint", "-spiffeID", ops, "-write", str(creds)))
+    assert _tls_call(server, bundle, creds) == ("example.org", Status.PERMISSION_DENIED)
+    _ok(
+        server.cli(
+            "entry",
+            "create",
+            "-spiffeID",
+            ops,
+            "-parentID",
+            AGENT,
+            "-selector",
+            "unix:uid:0",
+            "-admin",
+        )
+    )
+    assert _tls_call(server, bundle, creds) == ("example.org", None)
+
+
+def test_localauthority_forced_rotation(server: ServerProcess, tmp_path: Path) -> None:
+    old_root = _ok(server.cli("bundle", "show"))
+    state = json.loads(_ok(server.cli("localauthority", "x509", "show", "-output", "json")))
+    old_id = state["active"]["authority_id"]
+    assert "Prepared X.509 authority:" in _ok(server.cli("localauthority", "x509", "prepare"))
+    state = json.loads(_ok(server.cli("localauthority", "x509", "show", "-output", "json")))
+    new_id = state["prepared"]["authority_id"]
+    out = _ok(server.cli("localauthority", "x509", "activate", "-authorityID", new_id))
+    assert out.startswith(f"Activated X.509 authority:\n  Authority ID: {new_id}\n")
+    no_id = server.cli("localauthority", "x509", "taint")
+    assert no_id.stderr == "Error: an authority ID is required\n"
+    _ok(server.cli("localauthority", "x509", "taint", "-authorityID", old_id))
+    revoked = _ok(server.cli("localauthority", "x509", "revoke", "-authorityID", old_id))
+    assert revoked.startswith(f"Revoked X.509 authority:\n  Authority ID: {old_id}\n")
+    new_roots = _ok(server.cli("bundle", "show"))
+    assert old_root not in new_roots
+    # what the server mints now chains to the new root only
+    out_dir = tmp_path / "after"
+    out_dir.mkdir()
+    _ok(server.cli("x509", "mint", "-spiffeID", W, "-write", str(out_dir)))
+    if shutil.which("openssl"):
+        for roots, want in ((new_roots, 0), (old_root, 2)):
+            ca = tmp_path / "ca.pem"
+            ca.write_text(roots)
+            verify = subprocess.run(
+                ["openssl", "verify", "-CAfile", str(ca), str(out_dir / "svid.pem")],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert verify.returncode == want, verify.stdout + verify.stderr
+
+
+def test_agent_commands_without_agents(server: ServerProcess) -> None:
+    assert _ok(server.cli("agent", "list")) == "No attested agents found\n"
+    assert _ok(server.cli("agent", "count")) == "0 attested agents\n"
+    for verb in ("show", "ban", "evict"):
+        missing = server.cli("agent", verb)
+        assert missing.stderr == "Error: a SPIFFE ID is required\n"
+        unknown = server.cli("agent", verb, "-spiffeID", "spiffe://example.org/spire/agent/x")
+        assert unknown.returncode == 1
+        assert unknown.stderr.startswith("Error: rpc error: code = NotFound desc = "), (
+            unknown.stderr
+        )
