@@ -126,12 +126,9 @@ def _upstream(config: ServerConfig) -> UpstreamAuthority | None:
 
 
 def _build_services(ctx: ServerContext) -> list[object]:
-    try:
-        from spiffed.server.api.services import build_services  # type: ignore[import-not-found]
-    except ImportError:
-        return []
-    services: list[object] = build_services(ctx)
-    return services
+    from spiffed.server.api.services import build_services
+
+    return build_services(ctx)
 
 
 def _interval(name: str, default: float) -> float:
