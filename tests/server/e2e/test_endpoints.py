@@ -5,6 +5,7 @@ A real CA, datastore and the API services, on a real Unix socket and a real TLS 
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Running]:
     endpoints = Endpoints(
         ctx, build_services(ctx), socket_path=sock, bind_address="127.0.0.1", bind_port=0
     )
+    svid.on_rotate(endpoints.set_svid)
     bundle = await store.get_bundle()
     endpoints.set_bundle(bundle)
     roots = [x509.load_der_x509_certificate(a.asn1) for a in bundle.x509_authorities]
@@ -203,3 +205,65 @@ def test_client_context_fixture_checks_server_id(server: Running) -> None:
         "spiffe://example.org/spire/server"
     ]
     assert isinstance(tls.client_context([leaf]), ssl.SSLContext)
+
+
+async def test_tls_agent_role_needs_current_serial_and_not_banned(server: Running) -> None:
+    """§1.3: an agent caller is an attested node presenting its current SVID."""
+    from spiffed.server.datastore import AttestedNode
+
+    ds = server.endpoints._ctx.datastore
+    agent_id = SpiffeId.parse("spiffe://example.org/spire/agent/join_token/t1")
+    chain, key = server.svid(agent_id)
+    req = bundle_pb2.GetFederatedBundleRequest(trust_domain="other.org")
+
+    async def status() -> Status:
+        channel = server.tls_channel(chain, key)
+        try:
+            await bundle_grpc.BundleStub(channel).GetFederatedBundle(req)
+        except GRPCError as exc:
+            return exc.status
+        finally:
+            channel.close()
+        return Status.OK
+
+    # not attested: refused before the handler
+    assert await status() is Status.PERMISSION_DENIED
+    await ds.create_node(
+        AttestedNode(
+            spiffe_id=str(agent_id),
+            attestation_data_type="join_token",
+            cert_serial_number=str(chain[0].serial_number + 1),
+            cert_not_after=int(chain[0].not_valid_after_utc.timestamp()),
+        )
+    )
+    # attested, but this is not its current SVID
+    assert await status() is Status.PERMISSION_DENIED
+    await ds.delete_node(str(agent_id))
+    await ds.create_node(
+        AttestedNode(
+            spiffe_id=str(agent_id),
+            attestation_data_type="join_token",
+            cert_serial_number=str(chain[0].serial_number),
+            cert_not_after=int(chain[0].not_valid_after_utc.timestamp()),
+        )
+    )
+    # admitted: the handler answers (no such federated bundle)
+    assert await status() is Status.NOT_FOUND
+    await ds.ban_node(str(agent_id))
+    assert await status() is Status.PERMISSION_DENIED
+
+
+async def test_rotated_server_svid_presented_on_new_handshakes(server: Running) -> None:
+    svid = server.endpoints._ctx.server_svid
+    first = svid.chain[0]
+    assert svid.rotate(force=True)
+    second = svid.chain[0]
+    assert second.serial_number != first.serial_number
+
+    ctx = tls.client_context(server.roots)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=ctx)
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        assert tls.peer_certificate(ssl_object) == second
+    finally:
+        writer.close()
