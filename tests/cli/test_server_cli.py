@@ -23,7 +23,7 @@ def test_every_spire_command_is_there() -> None:
         assert name in out
     for group, subs in {
         "entry": ("create", "update", "show", "count", "delete"),
-        "bundle": ("show", "count"),
+        "bundle": ("show", "count", "list", "set", "delete"),
         "agent": ("list", "show", "ban", "evict", "count"),
         "localauthority x509": ("show", "prepare", "activate", "taint", "revoke"),
         "localauthority jwt": ("show", "prepare", "activate", "taint", "revoke"),

@@ -228,3 +228,26 @@ def print_bundle(bundle: bundle_pb2.Bundle, fmt: str) -> None:
         bundle.refresh_hint or None,
     )
     click.echo(doc.marshal(indent=4).decode())
+
+
+def bundle_from_spiffe(trust_domain: str, data: bytes) -> bundle_pb2.Bundle:
+    """A SPIFFE bundle document (JWKS) as the API's Bundle message; fails SPIRE-style."""
+    from spiffed.bundle import BundleError, SpiffeBundle
+    from spiffed.spiffeid import TrustDomain
+
+    try:
+        doc = SpiffeBundle.parse(TrustDomain.parse(trust_domain), data)
+    except (BundleError, ValueError) as exc:
+        fail(f"unable to parse to spiffe bundle: {exc}")
+    msg = bundle_pb2.Bundle(trust_domain=trust_domain, sequence_number=doc.sequence or 0)
+    msg.refresh_hint = doc.refresh_hint or 0
+    for cert in doc.x509_authorities:
+        msg.x509_authorities.add(asn1=cert.public_bytes(serialization.Encoding.DER))
+    for kid, key in doc.jwt_authorities.items():
+        msg.jwt_authorities.add(
+            key_id=kid,
+            public_key=key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        )
+    return msg

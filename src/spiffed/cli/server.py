@@ -603,6 +603,9 @@ def entry_delete(socket_path: str, output: str, entryID: str, file: str) -> None
 # --- bundle -----------------------------------------------------------------------------
 
 _FORMAT = click.Choice(["pem", "spiffe"])
+_DER = __import__(
+    "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]
+).Encoding.DER
 
 
 @cli.group()
@@ -649,6 +652,154 @@ def bundle_count(socket_path: str, output: str) -> None:
         print_json(resp)
         return
     click.echo(pluralize(f"{resp.count} ", "bundle", "bundles", resp.count))
+
+
+def _td_name(spiffe_id: str, flag: str = "id") -> str:
+    from spiffed.spiffeid import SpiffeIdError, TrustDomain
+
+    if not spiffe_id:
+        fail(f"{flag} flag is required" if flag == "id" else f"{flag} is required")
+    try:
+        return TrustDomain.parse(spiffe_id).name
+    except SpiffeIdError as exc:
+        fail(str(exc))
+
+
+_HEADER = "****************************************\n* {}\n****************************************"
+
+
+@bundle.command("list")
+@_opt("id", "SPIFFE ID of the trust domain", "td", default="")
+@_opt(
+    "format",
+    "The format to list federated bundles (only pretty output format supports "
+    'this flag). Either "pem" or "spiffe".',
+    "fmt",
+    default="pem",
+    type=_FORMAT,
+)
+@socket_option
+@output_option
+def bundle_list(socket_path: str, output: str, td: str, fmt: str) -> None:
+    """Lists federated bundle data."""
+    from spiffed._proto.spire.api.server.bundle.v1 import bundle_grpc, bundle_pb2
+
+    if td:
+        req = bundle_pb2.GetFederatedBundleRequest(trust_domain=_td_name(td))
+        one = call(socket_path, lambda ch: bundle_grpc.BundleStub(ch).GetFederatedBundle(req))
+        if output == "json":
+            print_json(one)
+        else:
+            print_bundle(one, fmt)
+        return
+
+    async def fetch(ch: Any) -> Any:
+        stub = bundle_grpc.BundleStub(ch)
+        out = bundle_pb2.ListFederatedBundlesResponse()
+        token = ""
+        while True:
+            page = await stub.ListFederatedBundles(
+                bundle_pb2.ListFederatedBundlesRequest(page_token=token)
+            )
+            out.bundles.extend(page.bundles)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    resp = call(socket_path, fetch)
+    if output == "json":
+        print_json(resp)
+        return
+    for i, b in enumerate(resp.bundles):
+        if i:
+            click.echo("")
+        click.echo(_HEADER.format(b.trust_domain))
+        print_bundle(b, fmt)
+
+
+@bundle.command("set")
+@_opt("id", "SPIFFE ID of the trust domain", "td", default="")
+@_opt("path", "Path to the bundle data", default="")
+@_opt(
+    "format",
+    'The format of the bundle data. Either "pem" or "spiffe".',
+    "fmt",
+    default="pem",
+    type=_FORMAT,
+)
+@socket_option
+@output_option
+def bundle_set(socket_path: str, output: str, td: str, path: str, fmt: str) -> None:
+    """Creates or updates federated bundle data."""
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from spiffed._proto.spire.api.server.bundle.v1 import bundle_grpc, bundle_pb2
+    from spiffed._proto.spire.api.types import bundle_pb2 as types_bundle
+    from spiffed.cli._spire import bundle_from_spiffe
+
+    name = _td_name(td)
+    try:
+        data = sys.stdin.buffer.read() if not path else open(path, "rb").read()  # noqa: SIM115
+    except OSError as exc:
+        fail(f"unable to load bundle data: {exc}")
+    if fmt == "pem":
+        try:
+            certs = cx509.load_pem_x509_certificates(data)
+        except ValueError as exc:
+            fail(f"unable to parse bundle data: {exc}")
+        msg = types_bundle.Bundle(
+            trust_domain=name,
+            x509_authorities=[
+                types_bundle.X509Certificate(asn1=c.public_bytes(Encoding.DER)) for c in certs
+            ],
+        )
+    else:
+        msg = bundle_from_spiffe(name, data)
+    req = bundle_pb2.BatchSetFederatedBundleRequest(bundle=[msg])
+    resp = call(
+        socket_path,
+        lambda ch: bundle_grpc.BundleStub(ch).BatchSetFederatedBundle(req),
+        what="failed to set federated bundle",
+    )
+    if output == "json":
+        print_json(resp)
+        return
+    result = resp.results[0]
+    if result.status.code != 0:
+        fail(f"failed to set federated bundle: {result.status.message}")
+    click.echo("bundle set.")
+
+
+@bundle.command("delete")
+@_opt("id", "SPIFFE ID of the trust domain", "td", default="")
+@_opt("mode", "Deletion mode: one of restrict, delete, or dissociate", default="restrict")
+@socket_option
+@output_option
+def bundle_delete(socket_path: str, output: str, td: str, mode: str) -> None:
+    """Deletes federated bundle data."""
+    from spiffed._proto.spire.api.server.bundle.v1 import bundle_grpc, bundle_pb2
+
+    if not td:
+        fail("id is required")
+    modes = bundle_pb2.BatchDeleteFederatedBundleRequest.Mode
+    if mode not in ("restrict", "delete", "dissociate"):
+        fail(f'unsupported mode "{mode}"')
+    req = bundle_pb2.BatchDeleteFederatedBundleRequest(
+        trust_domains=[_td_name(td)], mode=modes.Value(mode.upper())
+    )
+    resp = call(
+        socket_path,
+        lambda ch: bundle_grpc.BundleStub(ch).BatchDeleteFederatedBundle(req),
+        what="failed to delete federated bundle",
+    )
+    if output == "json":
+        print_json(resp)
+        return
+    result = resp.results[0]
+    if result.status.code != 0:
+        fail(f'failed to delete federated bundle "{result.trust_domain}": {result.status.message}')
+    click.echo("bundle deleted.")
 
 
 # --- token, x509, jwt ---------------------------------------------------------------------

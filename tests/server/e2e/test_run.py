@@ -369,3 +369,27 @@ def test_agent_commands_without_agents(server: ServerProcess) -> None:
         assert unknown.stderr.startswith("Error: rpc error: code = NotFound desc = "), (
             unknown.stderr
         )
+
+
+def test_federated_bundle_set_list_delete(server: ServerProcess, tmp_path: Path) -> None:
+    pem = tmp_path / "other.pem"
+    pem.write_text(_ok(server.cli("bundle", "show")))
+    assert _ok(server.cli("bundle", "set", "-id", "spiffe://other.org", "-path", str(pem))) == (
+        "bundle set.\n"
+    )
+    doc = tmp_path / "third.json"
+    doc.write_text(_ok(server.cli("bundle", "show", "-format", "spiffe")))
+    _ok(server.cli("bundle", "set", "-id", "third.org", "-path", str(doc), "-format", "spiffe"))
+    assert _ok(server.cli("bundle", "count")) == "3 bundles\n"
+    listed = _ok(server.cli("bundle", "list"))
+    assert "* other.org\n" in listed
+    assert "* third.org\n" in listed
+    assert listed.count("BEGIN CERTIFICATE") == 2
+    one = _ok(server.cli("bundle", "list", "-id", "spiffe://third.org", "-format", "spiffe"))
+    assert {k["use"] for k in json.loads(one)["keys"]} == {"x509-svid", "jwt-svid"}
+    assert _ok(server.cli("bundle", "delete", "-id", "spiffe://other.org")) == "bundle deleted.\n"
+    assert _ok(server.cli("bundle", "count")) == "2 bundles\n"
+    own = server.cli("bundle", "set", "-id", "spiffe://example.org", "-path", str(pem))
+    assert own.returncode == 1
+    assert own.stderr.startswith("Error: failed to set federated bundle: ")
+    assert server.cli("bundle", "delete").stderr == "Error: id is required\n"
