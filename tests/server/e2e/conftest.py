@@ -79,12 +79,12 @@ class ServerProcess:
             check=False,
         )
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         log = self.root / f"server-{len(self.logs)}.log"
         self.logs.append(log)
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [str(BIN), "run", "-config", str(self.config)],
+                [str(BIN), "run", "-config", str(self.config), *extra],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "SPIFFED_CA_ROTATE_INTERVAL": "1"},

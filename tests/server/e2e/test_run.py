@@ -393,3 +393,29 @@ def test_federated_bundle_set_list_delete(server: ServerProcess, tmp_path: Path)
     assert own.returncode == 1
     assert own.stderr.startswith("Error: failed to set federated bundle: ")
     assert server.cli("bundle", "delete").stderr == "Error: id is required\n"
+
+
+def test_json_logs_and_flag_overrides(tmp_path: Path) -> None:
+    from .conftest import free_port, write_config
+
+    proc = ServerProcess(tmp_path, write_config(tmp_path, 1, key_manager="memory"), free_port())
+    log_file = tmp_path / "server.json.log"
+    proc.start(
+        "-logFormat",
+        "json",
+        "-logFile",
+        str(log_file),
+        "-serverPort",
+        str(proc.port),
+        "-logLevel",
+        "INFO",
+    )
+    try:
+        lines = [json.loads(line) for line in log_file.read_text().splitlines() if line]
+        ready = [rec for rec in lines if rec.get("event") == "Starting Server APIs"]
+        assert ready, lines
+        assert ready[0]["address"] == f"127.0.0.1:{proc.port}"
+        assert ready[0]["level"] == "info"
+        assert not [rec for rec in lines if rec.get("level") == "debug"]
+    finally:
+        proc.stop()
