@@ -18,12 +18,12 @@ from spiffed._proto.spire.api.server.localauthority.v1 import localauthority_grp
 from spiffed._proto.spire.api.server.logger.v1 import logger_grpc
 from spiffed._proto.spire.api.server.svid.v1 import svid_grpc
 from spiffed.server.api import Caller, Role, caller_context
-from spiffed.server.api._bundlestore import DatastoreCaStore
 from spiffed.server.api.services import build_services
 from spiffed.server.ca.manager import CaManager, CaSettings
 from spiffed.server.context import ServerContext
 from spiffed.server.datastore import open_datastore
 from spiffed.server.keymanager.memory import MemoryKeyManager
+from spiffed.server.run_store import DatastoreCaStore
 from spiffed.server.svid import ServerSvid
 from spiffed.spiffeid import TrustDomain
 
