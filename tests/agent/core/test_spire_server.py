@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from grpclib.const import Status
 
 from spiffed.agent.attest import AttestationError, JoinTokenAttestor, attest
@@ -17,10 +18,13 @@ from spiffed.agent.cache import IdentityCache
 from spiffed.agent.client import ServerChannel
 from spiffed.agent.manager import Manager, SyncResult
 from spiffed.agent.manager.storage import load_state
+from spiffed.agent.nodeattestor.x509pop import X509PopAgentAttestor
+from spiffed.backoff import Backoff
 from spiffed.bundle import X509Bundle
 from spiffed.spiffeid import TrustDomain
 from spiffed.svid.x509 import X509Svid, verify_chain
 from tests.interop.spireserver.server import SpireServer
+from tests.server.nodeattestor.pki import make_cert
 
 pytestmark = pytest.mark.interop
 
@@ -199,3 +203,63 @@ async def test_run_renews_agent_and_rotates_workload_svids_at_half_life(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_x509pop_attestation_answers_spire_server_challenge(
+    spire_server_binary: Path, tmp_path: Path
+) -> None:
+    root = make_cert("node-ca", ca=True)
+    node = make_cert("node", issuer=root)
+    ca_pem = tmp_path / "node-ca.pem"
+    ca_pem.write_bytes(root.cert.public_bytes(serialization.Encoding.PEM))
+    spire = SpireServer(spire_server_binary, tmp_path / "spire", x509pop_ca=ca_pem).start()
+    try:
+        channel = ServerChannel("127.0.0.1", spire.port, trust_domain=TD, roots=None)
+        try:
+            result = await attest(channel, X509PopAgentAttestor(node.key, [node.cert]), TD)
+        finally:
+            channel.close()
+        fingerprint = node.cert.fingerprint(hashes.SHA1()).hex()
+        assert (
+            str(result.svid.spiffe_id) == f"spiffe://example.org/spire/agent/x509pop/{fingerprint}"
+        )
+        assert (
+            verify_chain(result.svid.cert_chain, server_bundle(spire))[0] == result.svid.spiffe_id
+        )
+        assert result.reattestable, "x509pop agents can re-attest"
+    finally:
+        spire.stop()
+
+
+async def test_run_backs_off_while_the_server_is_down_and_recovers(
+    spire_server_binary: Path, tmp_path: Path
+) -> None:
+    spire = SpireServer(spire_server_binary, tmp_path / "spire", key_manager="disk").start()
+    try:
+        m = manager(
+            spire,
+            tmp_path / "data",
+            spire.generate_token(),
+            sync_interval=0.2,
+            backoff=Backoff(initial=0.1, maximum=0.4),
+        )
+        await m.initialize()
+        await asyncio.to_thread(spire.stop)
+        task = asyncio.create_task(m.run())
+        try:
+            await wait_until(lambda: m.failures >= 3, timeout=30, what="failed syncs")
+            assert m.last_sync is None
+            await asyncio.to_thread(spire.start)  # same port, datastore and CA keys
+            await wait_until(
+                lambda: m.failures == 0 and m.last_sync is not None,
+                timeout=30,
+                what="a successful sync after the restart",
+            )
+            assert m.attestations == 1
+            assert m.cache.ready
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    finally:
+        spire.stop()

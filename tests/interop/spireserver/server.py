@@ -72,6 +72,10 @@ class SpireServer:
     agent_ttl: str = "1h"
     x509_svid_ttl: str = "1h"
     ca_ttl: str = "24h"
+    key_manager: str = "memory"
+    """``memory`` (new CA keys on every start) or ``disk`` (kept in ``workdir``)."""
+    x509pop_ca: Path | None = None
+    """Also enable ``NodeAttestor "x509pop"`` with this CA bundle."""
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -105,18 +109,30 @@ plugins {{
     NodeAttestor "join_token" {{
         plugin_data {{}}
     }}
-    KeyManager "memory" {{
-        plugin_data {{}}
-    }}
+    {self._key_manager()}
+    {self._x509pop()}
 }}
 """
 
+    def _key_manager(self) -> str:
+        if self.key_manager == "disk":
+            keys = self.workdir / "data" / "keys.json"
+            return f'KeyManager "disk" {{ plugin_data {{ keys_path = "{keys}" }} }}'
+        return 'KeyManager "memory" { plugin_data {} }'
+
+    def _x509pop(self) -> str:
+        if self.x509pop_ca is None:
+            return ""
+        return (
+            f'NodeAttestor "x509pop" {{ plugin_data {{ ca_bundle_path = "{self.x509pop_ca}" }} }}'
+        )
+
     def start(self) -> SpireServer:
-        """Start the server and wait (with a deadline) until its healthcheck passes."""
+        """Start the server (again, after :meth:`stop`) and wait until its healthcheck passes."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "server.conf"
         conf.write_text(self.config())
-        log = (self.workdir / "server.log").open("wb")
+        log = (self.workdir / "server.log").open("ab")
         self.process = subprocess.Popen(
             [str(self.binary), "run", "-config", str(conf)],
             stdout=log,

@@ -28,7 +28,7 @@ from pathlib import Path
 import structlog
 from cryptography import x509
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from spiffed._proto.spire.api.server.agent.v1 import agent_grpc, agent_pb2
 from spiffed._proto.spire.api.server.bundle.v1 import bundle_grpc, bundle_pb2
@@ -65,6 +65,17 @@ log = structlog.get_logger("spiffed.agent.manager")
 
 BATCH_SIZE = 500
 """Most CSRs sent in one ``BatchNewX509SVID`` call."""
+
+
+_RETRYABLE = (
+    ServerClientError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    StreamTerminatedError,
+    GRPCError,
+)
+"""Errors after which the next attempt may succeed (server down, restarting, overloaded)."""
 
 
 class ManagerError(Exception):
@@ -120,6 +131,10 @@ class Manager:
     rng: random.Random = field(default_factory=random.Random)
     attestations: int = 0
     """How many times this manager attested (0 when it reused the stored SVID)."""
+    failures: int = 0
+    """Syncs that failed in a row (0 after a success)."""
+    last_sync: SyncResult | None = None
+    """The result of the last successful sync."""
     _state: AgentState | None = None
     _agent_renew_at: datetime | None = None
     _renew_at: dict[str, datetime] = field(default_factory=dict)
@@ -345,7 +360,7 @@ class Manager:
         while self._state is None:
             try:
                 await self.initialize()
-            except (AttestationError, ServerClientError, ConnectionError, OSError) as exc:
+            except (AttestationError, *_RETRYABLE) as exc:
                 if isinstance(exc, AttestationError) and exc.status is not None:
                     raise ManagerError(str(exc)) from None  # refused: retrying cannot help
                 delay = self.backoff.next_delay()
@@ -354,11 +369,13 @@ class Manager:
         self.backoff.reset()
         while True:
             try:
-                await self.sync_once()
-            except (TimeoutError, ServerClientError, ConnectionError, OSError) as exc:
+                self.last_sync = await self.sync_once()
+            except _RETRYABLE as exc:
+                self.failures += 1
                 delay = self.backoff.next_delay()
                 log.warning("sync failed", error=str(exc), retry_in=round(delay, 2))
             else:
+                self.failures = 0
                 self.backoff.reset()
                 delay = self.sync_interval
             await asyncio.sleep(delay)
