@@ -235,3 +235,33 @@ async def test_unexpected_errors_are_internal_without_a_trace(
     assert "secret" not in (err.value.message or "") and "Traceback" not in (
         err.value.message or ""
     )
+
+
+async def test_an_unexpected_error_in_one_batch_item_is_internal_for_that_item_only(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = api.ds.create_entry
+
+    async def flaky(record: ds.RegistrationEntry) -> ds.RegistrationEntry:
+        if record.spiffe_id.endswith("/boom"):
+            raise RuntimeError("disk on fire at /var/lib/secret")
+        return await real(record)
+
+    monkeypatch.setattr(api.ds, "create_entry", flaky)
+    boom, ok = await create(api, entry("/boom"), entry("/fine"))
+    assert boom.status.code == Status.INTERNAL.value
+    assert "secret" not in boom.status.message and not boom.HasField("entry")
+    assert ok.status.code == OK
+    assert [e.spiffe_id for e in (await api.ds.list_entries()).items] == [
+        "spiffe://example.org/fine"
+    ]
+
+
+async def test_list_output_mask(api: Api) -> None:
+    await create(api, entry("/a", hint="x", downstream=True))
+    resp = await api.entry.ListEntries(
+        E.ListEntriesRequest(output_mask=entry_pb2.EntryMask(downstream=True, hint=True))
+    )
+    [e] = resp.entries
+    assert e.id and e.downstream and e.hint == "x"
+    assert not e.HasField("spiffe_id") and not e.selectors and e.created_at == 0
