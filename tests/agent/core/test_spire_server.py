@@ -148,6 +148,11 @@ async def test_sync_fills_the_cache_with_entry_svids(spire: SpireServer, tmp_pat
     again = await m.sync_once()
     assert again.minted == 0, "a fresh SVID is not minted again"
     assert m.cache.svid(entry.id) is svid
+    spire.check("entry", "delete", "-entryID", entry.id)
+    await sync_until(m, lambda r: r.entries == 1, timeout=30)
+    assert [str(e.spiffe_id) for e in m.cache.entries()] == ["spiffe://example.org/host"]
+    assert m.cache.svid(entry.id) is None
+    assert m.cache.identities_for(entry.selectors) == []
 
 
 def assert_renewed_near_half_life(old: x509.Certificate, renewed_at: datetime) -> None:
