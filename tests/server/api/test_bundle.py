@@ -227,3 +227,13 @@ async def test_list_federated_bundles_pages_and_bad_token(api: Api) -> None:
     with pytest.raises(GRPCError) as err:
         await api.bundle.ListFederatedBundles(B.ListFederatedBundlesRequest(page_token="%%"))
     assert err.value.status is Status.INVALID_ARGUMENT
+
+
+async def test_publish_rpcs_are_unimplemented(api: Api) -> None:
+    with pytest.raises(GRPCError) as err:
+        await api.bundle.PublishJWTAuthority(B.PublishJWTAuthorityRequest())
+    assert err.value.status is Status.UNIMPLEMENTED
+    with pytest.raises(GRPCError) as err:
+        await api.bundle.PublishWITAuthority(B.PublishWITAuthorityRequest())
+    assert err.value.status is Status.UNIMPLEMENTED
+    assert err.value.message == "WIT-SVID functionality is not yet implemented"
