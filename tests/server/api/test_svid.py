@@ -171,3 +171,5 @@ async def test_agent_facing_rpcs_are_unimplemented(api: Api) -> None:
         with pytest.raises(GRPCError) as err:
             await call(req)  # type: ignore[operator]
         assert err.value.status is Status.UNIMPLEMENTED
+        if "WIT" in type(req).__name__:
+            assert err.value.message == "WIT-SVID functionality is not yet implemented"

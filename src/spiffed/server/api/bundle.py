@@ -161,7 +161,7 @@ class BundleService(bundle_grpc.BundleBase):
         """Not served here: answers UNIMPLEMENTED."""
         raise GRPCError(
             Status.UNIMPLEMENTED,
-            "PublishWITAuthority is not implemented: WIT-SVIDs are not supported",
+            "WIT-SVID functionality is not yet implemented",
         )
 
     @rpc

@@ -154,9 +154,7 @@ class SvidService(svid_grpc.SVIDBase):
 
     async def MintWITSVID(self, stream: Stream[Any, Any]) -> None:
         """Not served here: answers UNIMPLEMENTED."""
-        raise GRPCError(
-            Status.UNIMPLEMENTED, "MintWITSVID is not implemented: WIT-SVIDs are not supported"
-        )
+        raise GRPCError(Status.UNIMPLEMENTED, "WIT-SVID functionality is not yet implemented")
 
     async def BatchNewX509SVID(self, stream: Stream[Any, Any]) -> None:
         """Not served here: answers UNIMPLEMENTED."""
@@ -174,9 +172,7 @@ class SvidService(svid_grpc.SVIDBase):
 
     async def BatchNewWITSVID(self, stream: Stream[Any, Any]) -> None:
         """Not served here: answers UNIMPLEMENTED."""
-        raise GRPCError(
-            Status.UNIMPLEMENTED, "BatchNewWITSVID is not implemented: WIT-SVIDs are not supported"
-        )
+        raise GRPCError(Status.UNIMPLEMENTED, "WIT-SVID functionality is not yet implemented")
 
     async def NewDownstreamX509CA(self, stream: Stream[Any, Any]) -> None:
         """Not served here: answers UNIMPLEMENTED."""
