@@ -33,7 +33,7 @@ from spiffed.bundle.jwt import JwtAuthority
 from spiffed.keys import PrivateKey
 from spiffed.spiffeid import SpiffeId, TrustDomain
 from spiffed.svid.x509 import X509Svid, X509SvidError, check_leaf
-from spiffed.tls import _base, add_trust_anchors, client_context
+from spiffed.tls import add_trust_anchors, client_context
 
 __all__ = [
     "ServerChannel",
@@ -135,8 +135,11 @@ class ServerChannel(Channel):
         key: PrivateKey | None = None,
     ) -> None:
         if roots is None:
-            ctx = _base(ssl.PROTOCOL_TLS_CLIENT)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["h2"])
             if chain and key is not None:
                 raise ServerClientError("an mTLS channel needs the trust domain's bundle")
         else:

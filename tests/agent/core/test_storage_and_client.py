@@ -231,3 +231,56 @@ async def test_channel_refuses_a_server_outside_the_bundle() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_expired_stored_svid_is_not_reused(tmp_path: Path) -> None:
+    from spiffed.agent.cache import IdentityCache
+    from spiffed.agent.manager import Manager
+    from tests.interop.spireserver.server import free_port
+
+    ca = CA()
+    key = KeyType.EC_P256.generate()
+    leaf = create_x509_svid(
+        SpiffeId.parse("spiffe://example.org/spire/agent/join_token/old"),
+        key.public_key(),
+        signer_cert=ca.cert,
+        signer_key=ca.key,
+        ttl=dt.timedelta(minutes=1),
+        now=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10),
+    )
+    save_state(tmp_path, AgentState(X509Svid.from_certificates([leaf], key), ca.bundle()))
+    m = Manager(
+        trust_domain=TD,
+        server_address="127.0.0.1",
+        server_port=free_port(),  # nobody listens: attesting again fails to connect
+        data_dir=tmp_path,
+        attestor=JoinTokenAttestor("tok"),
+        cache=IdentityCache(TD),
+        bootstrap_roots=None,
+    )
+    with pytest.raises(ConnectionError, match="cannot connect to the server"):
+        await m.initialize()
+    assert m.attestations == 0
+
+
+async def test_valid_stored_svid_is_reused_without_a_server(tmp_path: Path) -> None:
+    from spiffed.agent.cache import IdentityCache
+    from spiffed.agent.manager import Manager
+    from tests.interop.spireserver.server import free_port
+
+    ca = CA()
+    svid = ca.svid("spiffe://example.org/spire/agent/join_token/old")
+    save_state(tmp_path, AgentState(svid, ca.bundle()))
+    cache = IdentityCache(TD)
+    m = Manager(
+        trust_domain=TD,
+        server_address="127.0.0.1",
+        server_port=free_port(),
+        data_dir=tmp_path,
+        attestor=JoinTokenAttestor("tok"),
+        cache=cache,
+        bootstrap_roots=None,
+    )
+    await m.initialize()
+    assert m.svid.cert_chain == svid.cert_chain
+    assert cache.bundle == ca.bundle(), "the stored bundle is served until the first sync"
