@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.server.datastore.conftest import postgres_server  # noqa: F401 - shared fixture
+
 BIN = Path(sys.executable).parent / "spiffed-server"
 READY_DEADLINE = 30.0
 
@@ -24,8 +26,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(root: Path, port: int, *, key_manager: str = "disk") -> Path:
+def write_config(root: Path, port: int, *, key_manager: str = "disk", postgres: str = "") -> Path:
     data = root / "data"
+    db_type, conn = ("postgres", postgres) if postgres else ("sqlite3", f"{data}/datastore.sqlite3")
     km = (
         f'KeyManager "disk" {{\n plugin_data {{\n keys_path = "{data}/keys.json"\n }}\n }}'
         if key_manager == "disk"
@@ -45,8 +48,8 @@ server {{
 plugins {{
   DataStore "sql" {{
     plugin_data {{
-      database_type = "sqlite3"
-      connection_string = "{data}/datastore.sqlite3"
+      database_type = "{db_type}"
+      connection_string = "{conn}"
     }}
   }}
   {km}

@@ -419,3 +419,36 @@ def test_json_logs_and_flag_overrides(tmp_path: Path) -> None:
         assert not [rec for rec in lines if rec.get("level") == "debug"]
     finally:
         proc.stop()
+
+
+async def test_postgres_datastore_keeps_entries_and_ca(tmp_path: Path, postgres_server) -> None:  # type: ignore[no-untyped-def]
+    """The same server on PostgreSQL (connection_string): entries and CA survive a SIGKILL."""
+    from .conftest import free_port, write_config
+
+    await postgres_server.create_database("e2e_run")
+    conn = postgres_server.connection_string("e2e_run")
+    port = free_port()
+    proc = ServerProcess(tmp_path, write_config(tmp_path, port, postgres=conn), port)
+    await asyncio.to_thread(proc.start)
+    try:
+        cli = proc.cli
+        _ok(
+            await asyncio.to_thread(
+                cli,
+                "entry",
+                "create",
+                "-spiffeID",
+                W,
+                "-parentID",
+                AGENT,
+                "-selector",
+                "unix:uid:1",
+            )
+        )
+        before = _ok(await asyncio.to_thread(cli, "bundle", "show"))
+        await asyncio.to_thread(proc.signal, signal.SIGKILL)
+        await asyncio.to_thread(proc.start)
+        assert _ok(await asyncio.to_thread(cli, "bundle", "show")) == before
+        assert _ok(await asyncio.to_thread(cli, "entry", "count")) == "1 registration entry\n"
+    finally:
+        await asyncio.to_thread(proc.stop)
