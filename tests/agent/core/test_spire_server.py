@@ -16,7 +16,9 @@ from grpclib.const import Status
 from spiffed.agent.attest import AttestationError, JoinTokenAttestor, attest
 from spiffed.agent.cache import IdentityCache
 from spiffed.agent.client import ServerChannel
+from spiffed.agent.config import parse_agent_config
 from spiffed.agent.manager import Manager, SyncResult
+from spiffed.agent.manager.run import run_agent
 from spiffed.agent.manager.storage import load_state
 from spiffed.agent.nodeattestor.x509pop import X509PopAgentAttestor
 from spiffed.backoff import Backoff
@@ -268,3 +270,41 @@ async def test_run_backs_off_while_the_server_is_down_and_recovers(
                 await task
     finally:
         spire.stop()
+
+
+async def test_run_agent_from_agent_conf(spire: SpireServer, tmp_path: Path) -> None:
+    token = spire.generate_token()
+    bundle_path = tmp_path / "bootstrap.pem"
+    bundle_path.write_bytes(spire.bundle_pem())
+    config = parse_agent_config(f"""
+agent {{
+    trust_domain = "example.org"
+    server_address = "127.0.0.1"
+    server_port = "{spire.port}"
+    data_dir = "{tmp_path}/agent-data"
+    join_token = "{token}"
+    trust_bundle_path = "{bundle_path}"
+}}
+plugins {{
+    NodeAttestor "join_token" {{ plugin_data {{}} }}
+    KeyManager "memory" {{ plugin_data {{}} }}
+}}
+""")
+    cache = IdentityCache(TD)
+    task = asyncio.create_task(run_agent(config, cache))
+    try:
+        # the node entry made by `token generate -spiffeID .../host` gets an SVID
+        await wait_until(
+            lambda: any(cache.svid(e.id) for e in cache.entries()),
+            timeout=60,  # spire-server's entry cache lag plus the 5 s sync interval
+            what="an SVID for the node's entry",
+        )
+        [entry] = cache.entries()
+        assert str(entry.spiffe_id) == "spiffe://example.org/host"
+        assert cache.bundle is not None
+        assert cache.bundle.x509_authorities == server_bundle(spire).authorities
+        assert (tmp_path / "agent-data" / "agent_svid.key").exists()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
