@@ -127,7 +127,7 @@ def run(config_path: str, expand_env: bool, **flags: Any) -> None:
     sys.exit(run_server(config))
 
 
-DEFAULT_SOCKET_PATH = "/tmp/spire-server/private/api.sock"  # noqa: S108 - SPIRE's default
+from spiffed.cli._spire import DEFAULT_SOCKET_PATH  # noqa: E402 - next to its first use
 
 
 @cli.command()

@@ -14,6 +14,7 @@ Before any handler runs, the caller is worked out and the method's policy checke
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import struct
@@ -47,6 +48,9 @@ LOCAL_ONLY_PREFIXES = (
     "/spire.api.server.debug.v1.Debug/",
 )
 """Services SPIRE serves on the Unix socket only."""
+
+GRACEFUL_STOP_TIMEOUT = 10.0
+"""How long running calls may take to finish on shutdown (SPIRE's 10 s)."""
 
 _log = structlog.get_logger("spiffed.server.endpoints")
 
@@ -181,12 +185,16 @@ class Endpoints:
                 self.tcp_address = (str(addr[0]), int(addr[1]))
                 break
 
-    async def stop(self) -> None:
-        """Stop accepting, let running calls finish, remove the socket file."""
+    async def stop(self, *, grace: float = GRACEFUL_STOP_TIMEOUT) -> None:
+        """Stop accepting, give running calls ``grace`` seconds, remove the socket file."""
         self._tcp.close()
         self._unix.close()
-        await self._tcp.wait_closed()
-        await self._unix.wait_closed()
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(self._tcp.wait_closed(), self._unix.wait_closed()), grace
+            )
+        except TimeoutError:
+            _log.warning("Calls still running after the graceful stop timeout", seconds=grace)
         with contextlib.suppress(FileNotFoundError):
             self._socket_path.unlink()
 

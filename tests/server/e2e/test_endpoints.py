@@ -267,3 +267,22 @@ async def test_rotated_server_svid_presented_on_new_handshakes(server: Running) 
         assert tls.peer_certificate(ssl_object) == second
     finally:
         writer.close()
+
+
+async def test_stop_does_not_wait_forever_for_open_streams(server: Running) -> None:
+    """A stream that never ends (Health.Watch) cannot hold shutdown past the grace period."""
+    channel = Channel(path=str(server.socket_path))
+    stream = HealthStub(channel).Watch.open()
+    await asyncio.wait_for(stream.__aenter__(), 5)
+    try:
+        await asyncio.wait_for(stream.send_message(HealthCheckRequest(), end=True), 5)
+        first = await asyncio.wait_for(stream.recv_message(), 5)
+        assert first is not None
+        assert first.status == HealthCheckResponse.SERVING
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(server.endpoints.stop(grace=0.5), 10)
+        assert loop.time() - started < 5
+        assert not server.socket_path.exists()
+    finally:
+        channel.close()
