@@ -67,3 +67,32 @@ async def test_stale_socket_is_replaced_but_a_regular_file_is_not(tmp_path: Path
     with pytest.raises(GrpcUtilError, match="exists and is not a socket"):
         await start_unix_server(Server([WhoAmI()]), victim, dir_mode=0o700, socket_mode=0o600)
     assert victim.read_text() == "data"
+
+
+async def test_oversized_request_is_refused_before_it_is_buffered(tmp_path: Path) -> None:
+    """A caller announcing a message over 4 MiB gets RESOURCE_EXHAUSTED; 3 MiB still works."""
+    from grpclib.const import Status
+    from grpclib.exceptions import GRPCError
+
+    from spiffed.grpclimits import MAX_RECEIVE_MESSAGE_LENGTH
+
+    service = WhoAmI()
+    server = Server([service])
+    path = tmp_path / "api.sock"
+    await start_unix_server(server, path, dir_mode=0o700, socket_mode=0o600)
+    channel = Channel(path=str(path))
+    try:
+        stub = HealthStub(channel)
+        ok = await stub.Check(HealthCheckRequest(service="x" * (3 * 1024 * 1024)), timeout=30)
+        assert ok.status == HealthCheckResponse.SERVING
+        with pytest.raises(GRPCError) as err:
+            await stub.Check(
+                HealthCheckRequest(service="x" * (MAX_RECEIVE_MESSAGE_LENGTH + 1)), timeout=30
+            )
+        assert err.value.status is Status.RESOURCE_EXHAUSTED
+        assert "larger than the limit" in (err.value.message or "")
+        assert len(service.seen) == 1, "the oversized call never reached the handler"
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()

@@ -17,6 +17,8 @@ from typing import Any
 
 from grpclib.server import Server, Stream
 
+import spiffed.grpclimits  # noqa: F401 - installs the receive-size limit for every process
+
 __all__ = [
     "GrpcUtilError",
     "PeerCredentials",

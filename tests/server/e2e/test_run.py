@@ -176,6 +176,16 @@ def test_x509_mint_verifies_against_bundle_show(server: ServerProcess, tmp_path:
 def test_jwt_mint_and_token_generate(server: ServerProcess) -> None:
     token = _ok(server.cli("jwt", "mint", "-spiffeID", W, "-audience", "db")).strip()
     assert token.count(".") == 2
+    # A user checks it as a workload would: against the bundle's JWKS document.
+    from spiffed.bundle import SpiffeBundle
+    from spiffed.spiffeid import TrustDomain
+    from spiffed.svid import JwtSvid, JwtSvidError
+
+    jwks = _ok(server.cli("bundle", "show", "-format", "spiffe"))
+    bundle = SpiffeBundle.parse(TrustDomain("example.org"), jwks.encode())
+    assert str(JwtSvid.parse_and_validate(token, bundle, "db").spiffe_id) == W
+    with pytest.raises(JwtSvidError):
+        JwtSvid.parse_and_validate(token, bundle, "not-db")
     no_aud = server.cli("jwt", "mint", "-spiffeID", W)
     assert no_aud.stderr == "Error: at least one audience must be specified\n"
     out = _ok(server.cli("token", "generate", "-spiffeID", "spiffe://example.org/node"))
