@@ -150,7 +150,7 @@ class LocalAuthorityService(localauthority_grpc.LocalAuthorityBase):
         )
 
     def _upstream_op(self, req: Any, verb: str) -> str:
-        if getattr(self._ctx.ca, "_upstream", None) is None:
+        if not self._ctx.ca.has_upstream:
             raise ServerError(Status.FAILED_PRECONDITION, "upstream authority is not configured")
         if not req.subject_key_id:
             what = (

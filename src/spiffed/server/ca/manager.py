@@ -184,6 +184,11 @@ class CaManager:
         return next((s for s in self._journal.jwt if s.status is status), None)
 
     @property
+    def has_upstream(self) -> bool:
+        """True when the X.509 CA is an intermediate under an upstream authority."""
+        return self._upstream is not None
+
+    @property
     def journal(self) -> Journal:
         """The journal as it stands."""
         return self._journal
