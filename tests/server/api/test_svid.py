@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -73,7 +73,8 @@ async def test_mint_x509_svid_verifies_with_openssl_against_get_bundle(
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://example.org/web"]
     assert san.get_values_for_type(x509.DNSName) == ["web.local"]
     assert svid.expires_at == int(leaf.not_valid_after_utc.timestamp())
-    assert 100 <= svid.expires_at - int(time.time()) <= 121
+    # The requested TTL, plus SPIRE's 10 s back-dating of not-before (no wall clock involved).
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == dt.timedelta(seconds=130)
     bundle = await api.bundle.GetBundle(B.GetBundleRequest())
     (tmp_path / "roots.pem").write_bytes(b"".join(pem(a.asn1) for a in bundle.x509_authorities))
     (tmp_path / "leaf.pem").write_bytes(pem(svid.cert_chain[0]))
