@@ -42,21 +42,6 @@ MATCH_BEHAVIOR = {
 }
 """SPIRE's selector match modes as the datastore's (federates_with uses the same numbers)."""
 
-_MASK_FIELDS = {
-    "spiffe_id",
-    "parent_id",
-    "selectors",
-    "x509_svid_ttl",
-    "jwt_svid_ttl",
-    "federates_with",
-    "dns_names",
-    "admin",
-    "downstream",
-    "expires_at",
-    "hint",
-    "store_svid",
-}
-
 
 def _filter(flt: Any, td: TrustDomain) -> ds.EntryFilter:
     """The datastore filter for a List/CountEntriesRequest.Filter (SPIRE's messages)."""
@@ -224,7 +209,7 @@ class EntryService(entry_grpc.EntryBase):
         assert req is not None
         fields: frozenset[str] | None = None
         if req.HasField("input_mask"):
-            fields = frozenset(f for f in _MASK_FIELDS if getattr(req.input_mask, f))
+            fields = frozenset(f for f in ds.ENTRY_FIELDS if getattr(req.input_mask, f))
         mask = _mask(req)
         results = []
         R = entry_pb2.BatchUpdateEntryResponse.Result
