@@ -28,7 +28,7 @@ from spiffed.config import (
 )
 from spiffed.config.loading import apply_overrides, read_config_text
 from spiffed.keys import KeyType
-from spiffed.spiffeid import SpiffeIdError, TrustDomain
+from spiffed.spiffeid import TrustDomain
 
 __all__ = ["AGENT_KEYS", "FLAGS", "AgentConfig", "load_agent_config", "parse_agent_config"]
 
@@ -208,12 +208,7 @@ def _strs(value: object) -> tuple[str, ...]:
 def _build(root: Decoded, plugins: dict[str, list[PluginConfig]], cwd: Path) -> AgentConfig:
     agent = root.block("agent")
     v = agent.values
-    try:
-        trust_domain = TrustDomain.parse(str(v["trust_domain"]))
-    except SpiffeIdError as exc:
-        raise agent.error(
-            "trust_domain", f"{v['trust_domain']!r} is not a valid trust domain: {exc}"
-        ) from None
+    trust_domain = agent.trust_domain("trust_domain")
     if not v["server_address"]:
         raise agent.error("server_address", "server_address must be configured")
     token = str(v["join_token"]) if v["join_token"] else None

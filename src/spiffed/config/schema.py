@@ -23,6 +23,7 @@ from pathlib import Path
 from spiffed.config.document import Body, Item, Value
 from spiffed.config.duration import format_duration, parse_duration
 from spiffed.config.errors import ConfigError
+from spiffed.spiffeid import SpiffeIdError, TrustDomain
 
 __all__ = ["Decoded", "Key", "Kind", "decode_block", "reference_rows", "resolve_path"]
 
@@ -104,6 +105,14 @@ class Decoded:
     def error(self, name: str, message: str) -> ConfigError:
         """A :class:`ConfigError` about key ``name`` of this block."""
         return ConfigError(f"{self.path}.{name}", message, line=self.line_of(name))
+
+    def trust_domain(self, name: str) -> TrustDomain:
+        """Key ``name`` read as a trust domain name; an error naming the key otherwise."""
+        value = self.values[name]
+        try:
+            return TrustDomain.parse(str(value))
+        except SpiffeIdError as exc:
+            raise self.error(name, f"{value!r} is not a valid trust domain: {exc}") from None
 
 
 def resolve_path(text: str, cwd: Path) -> Path:

@@ -420,12 +420,7 @@ def _opt_str(value: object) -> str | None:
 def _build(root: Decoded, plugins: dict[str, list[PluginConfig]]) -> ServerConfig:
     server = root.block("server")
     v = server.values
-    try:
-        trust_domain = TrustDomain.parse(str(v["trust_domain"]))
-    except SpiffeIdError as exc:
-        raise server.error(
-            "trust_domain", f"{v['trust_domain']!r} is not a valid trust domain: {exc}"
-        ) from None
+    trust_domain = server.trust_domain("trust_domain")
     admin_ids = []
     for text in _strs(v["admin_ids"]):
         try:
