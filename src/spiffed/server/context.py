@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from spiffed.server.ca.manager import CaManager
+from spiffed.server.cache import ServerCache
+from spiffed.server.signing import SigningLimiter
 from spiffed.server.svid import ServerSvid
 from spiffed.spiffeid import SpiffeId, TrustDomain
 
@@ -28,4 +30,7 @@ class ServerContext:
     server_svid: ServerSvid
     admin_ids: frozenset[SpiffeId] = frozenset()
     config: Any = None
+    cache: ServerCache | None = None
+    """Entries and nodes in memory (None only in unit tests that do not need it)."""
+    signing: SigningLimiter = field(default_factory=SigningLimiter)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
