@@ -43,4 +43,6 @@ def test_local_only_services() -> None:
 
 def test_unknown_methods_are_refused() -> None:
     assert not allowed("/spire.api.server.entry.v1.Entry/DropAllEntries", LOCAL)
-    assert len(POLICY) == 65
+    # SPIRE's 65 RPCs plus spiffed's own Watch extension.
+    assert len(POLICY) == 66
+    assert POLICY["/spiffed.api.server.watch.v1.Watch/WatchAuthorizedEntries"] == {Role.AGENT}

@@ -111,6 +111,8 @@ POLICY: dict[str, frozenset[Role]] = {
     ),
     **_service("agent.v1.Agent", frozenset({_A}), "AttestAgent"),
     **_service("agent.v1.Agent", frozenset({_AG}), "RenewAgent", "PostStatus"),
+    # spiffed's own extension (proto/spiffed/_proto/spiffed/api/server/watch/v1/watch.proto).
+    "/spiffed.api.server.watch.v1.Watch/WatchAuthorizedEntries": frozenset({_AG}),
     **{f"/grpc.health.v1.Health/{m}": frozenset({_L}) for m in ("Check", "List", "Watch")},
     **_service(
         "trustdomain.v1.TrustDomain",
