@@ -2,68 +2,367 @@
 
 An agent's sync (GetAuthorizedEntries, SyncAuthorizedEntries), the agent check on every TLS
 request and the authorization of a CSR all read this cache, never the datastore. The cache
-follows the datastore's ``events`` table: a write made through this process wakes it at once;
-writes made by another server sharing the database are seen at the next poll.
+follows the datastore's ``events`` table: a write made through this process wakes it at once
+(the datastore's commit listener); writes made by another server sharing the database are
+seen at the next poll.
+
+Start-up reads the last event ID *before* loading every entry and node, then applies the
+events after it: a change that raced with the load is re-read, so nothing is missed. Applying
+an event re-reads the one record it names (or forgets it when it is gone), so applying an
+event twice, or out of date, is harmless. Event IDs become visible in increasing order (the
+datastore guarantees it), so asking for "events after the last one applied" never skips one.
 
 Agents that watch (:meth:`ServerCache.watch`) are told when what they may serve, or the
 bundle, may have changed, so they sync without waiting for their next poll.
-
-This module states the interface; the implementation is being written.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, cast
 
-from spiffed.server.datastore.records import AttestedNode, RegistrationEntry
-from spiffed.spiffeid import SpiffeId, TrustDomain
+import structlog
+
+from spiffed.selector import Selector as IndexSelector
+from spiffed.server.authorized import AuthorizedEntryIndex
+from spiffed.server.datastore.errors import NotFoundError
+from spiffed.server.datastore.records import AttestedNode, EventKind, RegistrationEntry
+from spiffed.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 
 __all__ = ["ServerCache"]
+
+log = structlog.get_logger(__name__)
+
+_EVENT_BATCH = 1000
+_NEGATIVE_LIMIT = 10_000
+COALESCE_SECONDS = 0.05
+"""Changes this close together reach a watcher as one notification."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Indexed:
+    """A stored entry as the authorized-entry index wants it (parsed IDs)."""
+
+    id: str
+    spiffe_id: SpiffeId
+    parent_id: SpiffeId
+    selectors: tuple[IndexSelector, ...]
+    record: RegistrationEntry
+
+
+def _indexed(entry: RegistrationEntry) -> _Indexed | None:
+    try:
+        spiffe_id = SpiffeId.parse(entry.spiffe_id)
+        parent_id = SpiffeId.parse(entry.parent_id)
+    except SpiffeIdError:
+        return None
+    # The index only hashes and compares selectors; the datastore's Selector type is used on
+    # both sides (entries and agents), so no conversion (which could reject odd values).
+    sels = cast(tuple[IndexSelector, ...], entry.selectors)
+    return _Indexed(entry.id, spiffe_id, parent_id, sels, entry)
+
+
+class _Watcher:
+    __slots__ = ("agent_id", "wake")
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        self.wake = asyncio.Event()
 
 
 class ServerCache:
     """Entries (as an authorized-entry index) and attested nodes, kept current from events."""
 
-    def __init__(self, datastore: Any, trust_domain: TrustDomain, *, poll_interval: float = 1.0):
+    def __init__(
+        self,
+        datastore: Any,
+        trust_domain: TrustDomain,
+        *,
+        poll_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        coalesce: float = COALESCE_SECONDS,
+    ):
         self.datastore = datastore
         self.trust_domain = trust_domain
         self.poll_interval = poll_interval
+        self._clock = clock
+        self._coalesce = coalesce
+        self._index: AuthorizedEntryIndex[_Indexed] = AuthorizedEntryIndex(trust_domain)
+        self._entries: dict[str, RegistrationEntry] = {}
+        self._nodes: dict[str, AttestedNode] = {}
+        self._absent_nodes: set[str] = set()
+        self._node_generation = 0
+        self._revision = 0
+        self._apply_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._started = False
+        self._stopped = False
+        self._watchers: set[_Watcher] = set()
+
+    # ----- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load every entry and node, then follow the events in a background task."""
-        raise NotImplementedError
+        if self._started:
+            return
+        self._started = True
+        self._stopped = False
+        self.datastore.add_commit_listener(self._on_commit)
+        async with self._apply_lock:
+            revision = await self.datastore.last_event_id()
+            page = await self.datastore.list_entries()
+            for entry in page.items:
+                self._put_entry(entry)
+            nodes = await self.datastore.list_nodes()
+            for node in nodes.items:
+                self._put_node(node)
+            self._revision = revision
+            await self._apply_new()
+        self._task = asyncio.create_task(self._follow(), name="server-cache-follow")
+        log.debug(
+            "server cache loaded",
+            entries=len(self._entries),
+            nodes=len(self._nodes),
+            revision=self._revision,
+        )
 
     async def stop(self) -> None:
         """Stop following events and end every watch."""
-        raise NotImplementedError
+        self._stopped = True
+        with contextlib.suppress(Exception):
+            self.datastore.remove_commit_listener(self._on_commit)
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for watcher in list(self._watchers):
+            watcher.wake.set()
+        self._started = False
+
+    def _on_commit(self) -> None:
+        self._wake.set()
+
+    async def _follow(self) -> None:
+        while not self._stopped:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep following; retry at the next poll
+                log.warning("server cache: cannot read datastore events", error=str(exc))
 
     async def refresh(self) -> None:
         """Apply every event written so far (returns once they are applied)."""
-        raise NotImplementedError
+        async with self._apply_lock:
+            await self._apply_new()
 
     @property
     def revision(self) -> int:
         """The ID of the last datastore event applied."""
-        raise NotImplementedError
+        return self._revision
+
+    # ----- applying events --------------------------------------------------------------------
+
+    async def _apply_new(self) -> None:
+        while True:
+            events = await self.datastore.list_events(self._revision, limit=_EVENT_BATCH)
+            if not events:
+                return
+            entry_ids: dict[str, None] = {}
+            node_ids: dict[str, None] = {}
+            for event in events:
+                if event.kind is EventKind.ENTRY:
+                    entry_ids[event.record_id] = None
+                elif event.kind is EventKind.NODE:
+                    node_ids[event.record_id] = None
+            for entry_id in entry_ids:
+                await self._reload_entry(entry_id)
+            for agent_id in node_ids:
+                await self._reload_node(agent_id)
+            self._revision = events[-1].id
+            self._notify(bool(entry_ids), node_ids)
+            if len(events) < _EVENT_BATCH:
+                return
+
+    async def _reload_entry(self, entry_id: str) -> None:
+        try:
+            entry = await self.datastore.get_entry(entry_id)
+        except NotFoundError:
+            self._drop_entry(entry_id)
+            return
+        self._put_entry(entry)
+
+    async def _reload_node(self, agent_id: str) -> None:
+        self._node_generation += 1
+        self._absent_nodes.discard(agent_id)
+        try:
+            node = await self.datastore.get_node(agent_id)
+        except NotFoundError:
+            # Gone (or only selectors written before attestation): nobody can act as it.
+            self._drop_node(agent_id)
+            return
+        self._put_node(node)
+
+    def _put_entry(self, entry: RegistrationEntry) -> None:
+        self._entries[entry.id] = entry
+        indexed = _indexed(entry)
+        if indexed is None:
+            self._index.remove_entry(entry.id)
+        else:
+            self._index.upsert_entry(indexed)
+
+    def _drop_entry(self, entry_id: str) -> None:
+        self._entries.pop(entry_id, None)
+        self._index.remove_entry(entry_id)
+
+    def _put_node(self, node: AttestedNode) -> None:
+        self._nodes[node.spiffe_id] = node
+        self._absent_nodes.discard(node.spiffe_id)
+        agent = self._parse_agent(node.spiffe_id)
+        if agent is not None:
+            self._index.set_agent(agent, cast(Iterable[IndexSelector], node.selectors))
+
+    def _drop_node(self, agent_id: str) -> None:
+        self._nodes.pop(agent_id, None)
+        agent = self._parse_agent(agent_id)
+        if agent is not None:
+            self._index.remove_agent(agent)
+
+    @staticmethod
+    def _parse_agent(agent_id: str) -> SpiffeId | None:
+        try:
+            return SpiffeId.parse(agent_id)
+        except SpiffeIdError:
+            return None
+
+    # ----- reads ------------------------------------------------------------------------------
+
+    def _live(self, entry: RegistrationEntry) -> bool:
+        return entry.expires_at == 0 or entry.expires_at > self._clock()
 
     def authorized_entries(self, agent_id: SpiffeId) -> list[RegistrationEntry]:
-        """Every entry the agent may serve (own children, node aliases, descendants)."""
-        raise NotImplementedError
+        """Every entry the agent may serve (own children, node aliases, descendants).
+
+        Entries that expired are left out (as SPIRE), and so are their descendants reached
+        only through them.
+        """
+        now = self._clock()
+        found: dict[str, RegistrationEntry] = {}
+        if not agent_id.member_of(self.trust_domain):
+            return []
+        index = self._index
+        seen: set[str] = set()
+        stack = [agent_id.path, *index.agent_aliases(agent_id)]
+        children = index._children
+        while stack:
+            parent = stack.pop()
+            if parent in seen:
+                continue
+            seen.add(parent)
+            for entry_id, item in children.get(parent, {}).items():
+                entry = item.record
+                if entry.expires_at and entry.expires_at <= now:
+                    continue
+                found[entry_id] = entry
+                stack.append(item.spiffe_id.path)
+        return list(found.values())
 
     def entry(self, entry_id: str) -> RegistrationEntry | None:
-        """The entry with this ID, if it exists."""
-        raise NotImplementedError
+        """The entry with this ID, if it exists and has not expired."""
+        entry = self._entries.get(entry_id)
+        if entry is None or not self._live(entry):
+            return None
+        return entry
+
+    def entries(self) -> list[RegistrationEntry]:
+        """Every cached entry (expired ones included), in no particular order."""
+        return list(self._entries.values())
 
     async def node(self, agent_id: SpiffeId) -> AttestedNode | None:
-        """The attested node, from memory; read from the datastore only when not cached."""
-        raise NotImplementedError
+        """The attested node, from memory; read from the datastore only when not cached.
+
+        A node attested a moment ago (its event not applied yet) is read once and remembered;
+        a node the datastore does not have is remembered as absent until an event names it.
+        """
+        key = str(agent_id)
+        node = self._nodes.get(key)
+        if node is not None:
+            return node
+        if key in self._absent_nodes:
+            return None
+        generation = self._node_generation
+        try:
+            node = await self.datastore.get_node(key)
+        except NotFoundError:
+            node = None
+        if generation == self._node_generation:
+            # No node event was applied meanwhile, so what was read is not older than memory.
+            if node is None:
+                if len(self._absent_nodes) >= _NEGATIVE_LIMIT:
+                    self._absent_nodes.clear()
+                self._absent_nodes.add(key)
+            else:
+                self._put_node(node)
+            return node
+        return self._nodes.get(key)
+
+    def cached_node(self, agent_id: SpiffeId) -> AttestedNode | None:
+        """The attested node if it is in memory (no datastore read)."""
+        return self._nodes.get(str(agent_id))
+
+    # ----- watches ----------------------------------------------------------------------------
+
+    def _notify(self, entries_changed: bool, node_ids: Iterable[str]) -> None:
+        if not self._watchers:
+            return
+        if entries_changed:
+            for watcher in self._watchers:
+                watcher.wake.set()
+            return
+        changed = set(node_ids)
+        for watcher in self._watchers:
+            if watcher.agent_id in changed:
+                watcher.wake.set()
 
     def watch(self, agent_id: SpiffeId) -> AsyncIterator[int]:
         """Yield a revision now, then again whenever the agent's authorized entries or the
-        bundle may have changed (changes close together are coalesced)."""
-        raise NotImplementedError
+        bundle may have changed (changes close together are coalesced). Ends when the cache
+        stops."""
+        return self._watch(str(agent_id))
+
+    async def _watch(self, agent_id: str) -> AsyncIterator[int]:
+        watcher = _Watcher(agent_id)
+        self._watchers.add(watcher)
+        try:
+            yield self._revision
+            while not self._stopped:
+                await watcher.wake.wait()
+                if self._stopped:
+                    return
+                if self._coalesce > 0:
+                    await asyncio.sleep(self._coalesce)
+                watcher.wake.clear()
+                if self._stopped:
+                    return
+                yield self._revision
+        finally:
+            self._watchers.discard(watcher)
+
+    @property
+    def watchers(self) -> int:
+        """How many watches are open."""
+        return len(self._watchers)
 
     def bundle_changed(self) -> None:
         """Tell watchers that the trust domain's bundle changed (called on CA rotation)."""
-        raise NotImplementedError
+        for watcher in self._watchers:
+            watcher.wake.set()

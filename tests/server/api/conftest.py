@@ -20,6 +20,7 @@ from spiffed._proto.spire.api.server.svid.v1 import svid_grpc
 from spiffed.server.api import Caller, Role, caller_context
 from spiffed.server.api.services import build_services
 from spiffed.server.ca.manager import CaManager, CaSettings
+from spiffed.server.cache import ServerCache
 from spiffed.server.context import ServerContext
 from spiffed.server.datastore import open_datastore
 from spiffed.server.keymanager.memory import MemoryKeyManager
@@ -56,7 +57,9 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     await ca.start()
     svid = ServerSvid(ca)
     svid.rotate(force=True)
-    ctx = ServerContext(trust_domain=TD, datastore=store, ca=ca, server_svid=svid)
+    cache = ServerCache(store, TD)
+    await cache.start()
+    ctx = ServerContext(trust_domain=TD, datastore=store, ca=ca, server_svid=svid, cache=cache)
     token = caller_context.set(Caller(roles=frozenset({Role.ANY, Role.LOCAL})))
     try:
         async with ChannelFor(build_services(ctx)) as channel:
@@ -72,4 +75,5 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
             )
     finally:
         caller_context.reset(token)
+        await cache.stop()
         await store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -26,6 +27,7 @@ MAX_TIME = 2**62
 _EVENT_LOCK_KEY = 0x5350_4946_4645_4431  # "SPIFFED1": orders event IDs by commit (PostgreSQL)
 _TD_RE = re.compile(r"^[a-z0-9._-]{1,255}$")
 _IN_CHUNK = 5000
+_EVENTS_APPENDED = "spiffed_events_appended"
 T = TypeVar("T")
 
 
@@ -46,13 +48,37 @@ class Base:
             return nullcontext()
         return self._write_lock
 
+    def add_commit_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after each write transaction that appended change events
+        commits (in this process). It runs synchronously in the writer's task, so it must
+        be quick and must not raise; a cache uses it to wake its event follower."""
+        listeners: list[Callable[[], None]] = self.__dict__.setdefault("_commit_listeners", [])
+        listeners.append(callback)
+
+    def remove_commit_listener(self, callback: Callable[[], None]) -> None:
+        """Forget a callback given to :meth:`add_commit_listener` (no error if unknown)."""
+        listeners: list[Callable[[], None]] = self.__dict__.get("_commit_listeners", [])
+        if callback in listeners:
+            listeners.remove(callback)
+
+    def _notify_commit(self) -> None:
+        for callback in list(self.__dict__.get("_commit_listeners", ())):
+            with contextlib.suppress(Exception):  # a listener must not fail the write
+                callback()
+
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """One write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success."""
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success;
+        commit listeners are told when it appended events."""
         async with self._lock_for(write=True):
             engine = self._engine.execution_options(spiffed_write=True)
             async with engine.begin() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    appended = conn.info.pop(_EVENTS_APPENDED, False)
+        if appended:
+            self._notify_commit()
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -80,6 +106,7 @@ class Base:
         if self._postgres:
             await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_EVENT_LOCK_KEY)))
         await conn.execute(sa.insert(schema.events), rows)
+        conn.info[_EVENTS_APPENDED] = True
 
 
 def chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:

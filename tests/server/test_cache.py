@@ -1,0 +1,277 @@
+"""The server cache: loads entries and nodes, follows datastore events, serves from memory."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from spiffed.server.cache import ServerCache
+from spiffed.server.datastore import (
+    AlreadyExistsError,
+    AttestedNode,
+    DataStore,
+    JoinToken,
+    RegistrationEntry,
+    Selector,
+    open_datastore,
+)
+from spiffed.spiffeid import SpiffeId, TrustDomain
+from tests.server.datastore.conftest import Backend, backend, postgres_server  # noqa: F401
+
+TD = TrustDomain("example.org")
+SERVER = "spiffe://example.org/spire/server"
+AGENT = "spiffe://example.org/spire/agent/join_token/a1"
+OTHER_AGENT = "spiffe://example.org/spire/agent/join_token/a2"
+NODE_SEL = Selector("x509pop", "subject:cn:node1")
+
+
+def sid(text: str) -> SpiffeId:
+    return SpiffeId.parse(text)
+
+
+def entry(spiffe_id: str, parent_id: str, *sels: Selector, **kw: object) -> RegistrationEntry:
+    return RegistrationEntry(
+        spiffe_id=spiffe_id,
+        parent_id=parent_id,
+        selectors=sels or (Selector("unix", "uid:1"),),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def node(spiffe_id: str = AGENT, *sels: Selector, serial: str = "1") -> AttestedNode:
+    return AttestedNode(
+        spiffe_id, "join_token", serial, int(time.time()) + 3600, selectors=tuple(sels)
+    )
+
+
+async def wait_until(cond: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = cond()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met before the deadline")
+        await asyncio.sleep(0.01)
+
+
+def ids(entries: list[RegistrationEntry]) -> set[str]:
+    return {e.spiffe_id for e in entries}
+
+
+@pytest.fixture
+async def ds(tmp_path: Path) -> AsyncIterator[DataStore]:
+    store = await open_datastore("sqlite3", str(tmp_path / "ds.sqlite3"))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def cache(ds: DataStore) -> AsyncIterator[ServerCache]:
+    # A long poll interval: anything seen quickly came through the commit listener.
+    c = ServerCache(ds, TD, poll_interval=60, coalesce=0)
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.stop()
+
+
+async def test_start_loads_existing_entries_and_nodes(ds: DataStore) -> None:
+    await ds.create_node(node())
+    e = await ds.create_entry(entry("spiffe://example.org/w1", AGENT))
+    c = ServerCache(ds, TD, poll_interval=60)
+    await c.start()
+    try:
+        assert c.revision == await ds.last_event_id() > 0
+        assert c.entry(e.id) == e
+        assert ids(c.authorized_entries(sid(AGENT))) == {"spiffe://example.org/w1"}
+        cached = c.cached_node(sid(AGENT))
+        assert cached is not None and cached.cert_serial_number == "1"
+    finally:
+        await c.stop()
+
+
+async def test_own_writes_are_applied_at_once(ds: DataStore, cache: ServerCache) -> None:
+    e = await ds.create_entry(entry("spiffe://example.org/w1", AGENT))
+    # No refresh: the datastore's commit listener wakes the follower.
+    await wait_until(lambda: cache.entry(e.id) is not None)
+    assert cache.revision == await ds.last_event_id()
+
+    updated = await ds.update_entry(
+        RegistrationEntry("spiffe://example.org/w2", AGENT, e.selectors, id=e.id),
+        ["spiffe_id"],
+    )
+    await cache.refresh()
+    got = cache.entry(e.id)
+    assert got is not None and got.spiffe_id == "spiffe://example.org/w2"
+    assert got.revision_number == updated.revision_number
+
+    await ds.delete_entry(e.id)
+    await cache.refresh()
+    assert cache.entry(e.id) is None
+    assert cache.authorized_entries(sid(AGENT)) == []
+
+
+async def test_node_create_update_ban_delete(ds: DataStore, cache: ServerCache) -> None:
+    await ds.create_node(node())
+    await cache.refresh()
+    assert cache.cached_node(sid(AGENT)) is not None
+    await ds.ban_node(AGENT)
+    await cache.refresh()
+    banned = await cache.node(sid(AGENT))
+    assert banned is not None and banned.banned
+    await ds.delete_node(AGENT)
+    await cache.refresh()
+    assert cache.cached_node(sid(AGENT)) is None
+    assert await cache.node(sid(AGENT)) is None
+
+
+async def test_node_alias_follows_node_selectors(ds: DataStore, cache: ServerCache) -> None:
+    await ds.create_node(node())
+    await ds.create_entry(entry("spiffe://example.org/cluster", SERVER, NODE_SEL))
+    await ds.create_entry(entry("spiffe://example.org/w1", "spiffe://example.org/cluster"))
+    await cache.refresh()
+    assert cache.authorized_entries(sid(AGENT)) == []
+
+    await ds.set_node_selectors(AGENT, [NODE_SEL])
+    await cache.refresh()
+    assert ids(cache.authorized_entries(sid(AGENT))) == {"spiffe://example.org/w1"}
+
+    await ds.set_node_selectors(AGENT, [])
+    await cache.refresh()
+    assert cache.authorized_entries(sid(AGENT)) == []
+
+
+async def test_nested_entries_and_foreign_trust_domain(ds: DataStore, cache: ServerCache) -> None:
+    await ds.create_node(node())
+    await ds.create_node(node(OTHER_AGENT))
+    await ds.create_entry(entry("spiffe://example.org/parent", AGENT))
+    await ds.create_entry(entry("spiffe://example.org/child", "spiffe://example.org/parent"))
+    await ds.create_entry(entry("spiffe://example.org/grand", "spiffe://example.org/child"))
+    await ds.create_entry(entry("spiffe://other.org/foreign", AGENT))
+    await ds.create_entry(entry("spiffe://example.org/other", OTHER_AGENT))
+    await cache.refresh()
+    assert ids(cache.authorized_entries(sid(AGENT))) == {
+        "spiffe://example.org/parent",
+        "spiffe://example.org/child",
+        "spiffe://example.org/grand",
+    }
+    assert ids(cache.authorized_entries(sid(OTHER_AGENT))) == {"spiffe://example.org/other"}
+    assert cache.authorized_entries(sid("spiffe://other.org/spire/agent/x")) == []
+
+
+async def test_expired_entries_are_not_served(ds: DataStore) -> None:
+    now = [1_000_000.0]
+    c = ServerCache(ds, TD, poll_interval=60, clock=lambda: now[0])
+    await c.start()
+    try:
+        e = await ds.create_entry(
+            entry("spiffe://example.org/w1", AGENT, expires_at=int(now[0]) + 10)
+        )
+        await ds.create_entry(entry("spiffe://example.org/w2", "spiffe://example.org/w1"))
+        await c.refresh()
+        assert ids(c.authorized_entries(sid(AGENT))) == {
+            "spiffe://example.org/w1",
+            "spiffe://example.org/w2",
+        }
+        now[0] += 10
+        assert c.authorized_entries(sid(AGENT)) == []
+        assert c.entry(e.id) is None
+    finally:
+        await c.stop()
+
+
+async def test_node_miss_reads_datastore_once(ds: DataStore, cache: ServerCache) -> None:
+    reads: list[str] = []
+    real_get_node = ds.get_node
+
+    async def counting_get_node(spiffe_id: str) -> AttestedNode:
+        reads.append(spiffe_id)
+        return await real_get_node(spiffe_id)
+
+    cache.datastore.remove_commit_listener(cache._on_commit)  # the event stays unapplied
+    await ds.create_node(node())
+    ds.get_node = counting_get_node  # type: ignore[method-assign]
+    try:
+        assert (await cache.node(sid(AGENT))) is not None
+        assert (await cache.node(sid(AGENT))) is not None
+        assert reads == [AGENT]
+        # Unknown nodes are remembered as absent, until an event names them.
+        assert await cache.node(sid(OTHER_AGENT)) is None
+        assert await cache.node(sid(OTHER_AGENT)) is None
+        assert reads == [AGENT, OTHER_AGENT]
+        await ds.create_node(node(OTHER_AGENT))
+        await cache.refresh()
+        assert await cache.node(sid(OTHER_AGENT)) is not None
+    finally:
+        ds.get_node = real_get_node  # type: ignore[method-assign]
+
+
+async def test_commit_listener_only_after_committed_events(ds: DataStore) -> None:
+    calls: list[int] = []
+    ds.add_commit_listener(lambda: calls.append(1))
+    e = await ds.create_entry(entry("spiffe://example.org/w1", AGENT))
+    assert calls == [1]
+    await ds.create_join_token(JoinToken("t", 1))
+    assert calls == [1]  # no event appended
+    with pytest.raises(AlreadyExistsError):
+        await ds.create_entry(entry("spiffe://example.org/w1", AGENT, id=e.id))
+    assert calls == [1]
+
+
+async def test_other_server_writes_are_seen_by_polling(backend: Backend) -> None:  # noqa: F811
+    ours, theirs = await backend.open(), await backend.open()
+    c = ServerCache(ours, TD, poll_interval=0.05, coalesce=0)
+    await c.start()
+    try:
+        await theirs.create_node(node(AGENT, NODE_SEL))
+        e = await theirs.create_entry(entry("spiffe://example.org/w1", AGENT))
+        await wait_until(lambda: c.entry(e.id) is not None)
+        await wait_until(lambda: c.cached_node(sid(AGENT)) is not None)
+        await theirs.delete_entry(e.id)
+        await wait_until(lambda: c.entry(e.id) is None)
+        await theirs.delete_node(AGENT)
+        await wait_until(lambda: c.cached_node(sid(AGENT)) is None)
+        assert c.revision == await theirs.last_event_id()
+    finally:
+        await c.stop()
+        await ours.close()
+        await theirs.close()
+
+
+async def test_watch_yields_now_then_on_change(ds: DataStore, cache: ServerCache) -> None:
+    await ds.create_node(node())
+    await cache.refresh()
+    stream = cache.watch(sid(AGENT))
+    first = await anext(stream)
+    assert first == cache.revision
+    pending = asyncio.ensure_future(anext(stream))
+    await ds.create_entry(entry("spiffe://example.org/w1", AGENT))
+    second = await asyncio.wait_for(pending, 5)
+    assert second > first
+    assert cache.watchers == 1
+
+    # A node event of another agent does not wake this watcher; the bundle does.
+    pending = asyncio.ensure_future(anext(stream))
+    await ds.create_node(node(OTHER_AGENT))
+    await cache.refresh()
+    await asyncio.sleep(0)
+    assert not pending.done()
+    cache.bundle_changed()
+    assert await asyncio.wait_for(pending, 5) == cache.revision
+
+    # Stopping the cache ends the watch.
+    pending = asyncio.ensure_future(anext(stream))
+    await cache.stop()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(pending, 5)
+    assert cache.watchers == 0
