@@ -162,10 +162,8 @@ async def test_mint_jwt_svid_bad_input(api: Api, req: S.MintJWTSVIDRequest) -> N
     assert err.value.status is Status.INVALID_ARGUMENT
 
 
-async def test_agent_facing_rpcs_are_unimplemented(api: Api) -> None:
+async def test_downstream_and_wit_rpcs_are_unimplemented(api: Api) -> None:
     for call, req in (
-        (api.svid.BatchNewX509SVID, S.BatchNewX509SVIDRequest()),
-        (api.svid.NewJWTSVID, S.NewJWTSVIDRequest()),
         (api.svid.NewDownstreamX509CA, S.NewDownstreamX509CARequest()),
         (api.svid.MintWITSVID, S.MintWITSVIDRequest()),
     ):

@@ -196,7 +196,12 @@ class BundleService(bundle_grpc.BundleBase):
 
     @rpc
     async def GetFederatedBundle(self, stream: Stream[Any, Any]) -> None:
-        """The bundle of a foreign trust domain."""
+        """The bundle of a foreign trust domain, for admins, local callers and agents.
+
+        As in SPIRE, an agent may read any federated bundle the server holds, not only those
+        of trust domains its entries federate with (bundles are public trust anchors). The
+        name may be a trust domain name or a SPIFFE ID of it.
+        """
         req = await stream.recv_message()
         assert req is not None
         td = _trust_domain(req.trust_domain)
@@ -205,7 +210,10 @@ class BundleService(bundle_grpc.BundleBase):
                 Status.INVALID_ARGUMENT,
                 "getting a federated bundle for the server's own trust domain is not allowed",
             )
-        bundle = await load_bundle(self._ds, td.name)
+        try:
+            bundle = await load_bundle(self._ds, td.name)
+        except Exception as exc:
+            raise ServerError(Status.INTERNAL, f"failed to fetch bundle: {exc}") from None
         if bundle is None:
             raise ServerError(Status.NOT_FOUND, "bundle not found")
         await stream.send_message(_out(bundle, _mask(req)))

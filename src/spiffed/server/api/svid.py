@@ -1,14 +1,26 @@
-"""``spire.api.server.svid.v1.SVID``: the admin minting RPCs (MintX509SVID, MintJWTSVID).
+"""``spire.api.server.svid.v1.SVID``: SVIDs for admins (MintX509SVID, MintJWTSVID) and for
+agents (BatchNewX509SVID, NewJWTSVID).
 
-The agent- and downstream-facing RPCs answer UNIMPLEMENTED until the agent API lands.
+An agent may only have SVIDs signed for entries it is authorized for (the server cache's
+authorized entries for the caller's ID). The SVID carries the entry's SPIFFE ID and DNS names,
+never what the CSR asks for: the CSR only contributes its (self-signed) public key.
+
+Every signing RPC holds a slot of the server's global signing limiter while it signs; when
+no slot frees up in time the call is refused with RESOURCE_EXHAUSTED. A batch is signed by
+one coroutine that yields to the event loop every :data:`YIELD_EVERY` SVIDs.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -16,20 +28,36 @@ from grpclib.server import Stream
 
 from spiffed._proto.spire.api.server.svid.v1 import svid_grpc, svid_pb2
 from spiffed._proto.spire.api.types import jwtsvid_pb2, x509svid_pb2
+from spiffed.server.api import current_caller
 from spiffed.server.api.convert import (
     MAX_TTL,
     IdKind,
     dns_name_problem,
+    error_status,
     id_in_trust_domain,
+    ok_status,
     rpc,
     spiffe_id_to_proto,
 )
 from spiffed.server.context import ServerContext
+from spiffed.server.datastore.records import RegistrationEntry
 from spiffed.server.errors import ServerError
+from spiffed.server.signing import SigningBusyError
 from spiffed.spiffeid import SpiffeId
 from spiffed.svid.jwt import JwtSvidError, sign_jwt_svid
 
-__all__ = ["SvidService", "wildcard_overlap"]
+__all__ = ["MAX_BATCH", "YIELD_EVERY", "SvidService", "wildcard_overlap"]
+
+MAX_BATCH = 500
+"""The most CSRs one BatchNewX509SVID may carry: SPIRE's per-IP signing burst
+(``limits.SignLimitPerIP``); a larger batch is refused with RESOURCE_EXHAUSTED, as SPIRE's
+rate limiter does (``rate (n) exceeds burst size (500)``)."""
+
+YIELD_EVERY = 50
+"""A batch gives the event loop a turn after this many signatures."""
+
+_X509_BUSY = "rejecting request due to certificate signing rate limiting"
+_JWT_BUSY = "rejecting request due to JWT signing request rate limiting"
 
 
 def wildcard_overlap(names: list[str]) -> bool:
@@ -53,11 +81,81 @@ def _ttl(ttl: int) -> timedelta | None:
     return timedelta(seconds=ttl) if ttl else None
 
 
+def _csr_public_key(der: bytes) -> CertificatePublicKeyTypes:
+    """The public key of a DER CSR after checking the CSR's signature with it.
+
+    Raises ServerError INVALID_ARGUMENT ``malformed CSR: ...`` or ``invalid CSR signature:
+    ...`` (SPIRE's messages). ECDSA and RSA signatures are checked directly with the
+    algorithm the CSR names (one verify, no more); other algorithms go through the library.
+    """
+    try:
+        csr = x509.load_der_x509_csr(der)
+        key = csr.public_key()
+    except (ValueError, TypeError) as exc:
+        raise ServerError(Status.INVALID_ARGUMENT, f"malformed CSR: {exc}") from None
+    try:
+        params = csr.signature_algorithm_parameters
+        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
+            key.verify(csr.signature, csr.tbs_certrequest_bytes, params)
+            return key
+        algorithm = csr.signature_hash_algorithm
+        if (
+            isinstance(key, rsa.RSAPublicKey)
+            and isinstance(params, padding.PKCS1v15 | padding.PSS)
+            and algorithm is not None
+        ):
+            key.verify(csr.signature, csr.tbs_certrequest_bytes, params, algorithm)
+            return key
+        valid = csr.is_signature_valid
+    except InvalidSignature:
+        valid = False
+    except Exception as exc:
+        raise ServerError(Status.INVALID_ARGUMENT, f"invalid CSR signature: {exc}") from None
+    if not valid:
+        raise ServerError(
+            Status.INVALID_ARGUMENT, "invalid CSR signature: signature does not match its key"
+        )
+    return key
+
+
+def _caller_id() -> SpiffeId:
+    spiffe_id = current_caller().spiffe_id
+    if spiffe_id is None:
+        raise ServerError(Status.INTERNAL, "caller ID missing from request context")
+    return spiffe_id
+
+
 class SvidService(svid_grpc.SVIDBase):
     """Mints X.509- and JWT-SVIDs for admins with the server's CA."""
 
     def __init__(self, ctx: ServerContext) -> None:
         self._ctx = ctx
+        self._chain_memo: tuple[object, list[bytes]] | None = None
+
+    def _chain_der(self) -> list[bytes]:
+        """The DER of what follows a leaf signed now (recomputed when the CA rotates)."""
+        ca = self._ctx.ca
+        current = ca.current_x509
+        if self._chain_memo is None or self._chain_memo[0] is not current:
+            chain = [c.public_bytes(Encoding.DER) for c in ca.x509_ca_chain()]
+            self._chain_memo = (current, chain)
+        return self._chain_memo[1]
+
+    def _authorized(self, agent: SpiffeId, wanted: Iterable[str]) -> dict[str, RegistrationEntry]:
+        """Of the entry IDs ``wanted``, those the agent is authorized for, by ID."""
+        cache = self._ctx.cache
+        if cache is None:
+            raise ServerError(
+                Status.INTERNAL, "failed to fetch registration entries: no entry cache"
+            )
+        ids = set(wanted)
+        try:
+            entries = cache.authorized_entries(agent)
+        except Exception as exc:
+            raise ServerError(
+                Status.INTERNAL, f"failed to fetch registration entries: {exc}"
+            ) from None
+        return {e.id: e for e in entries if e.id in ids}
 
     @rpc
     async def MintX509SVID(self, stream: Stream[Any, Any]) -> None:
@@ -101,8 +199,12 @@ class SvidService(svid_grpc.SVIDBase):
                 Status.INVALID_ARGUMENT,
                 "CSR DNS name contains a wildcard that covers another non-wildcard name",
             )
+        ttl = _ttl(req.ttl)
         try:
-            chain = self._ctx.ca.sign_x509_svid(sid, csr, ttl=_ttl(req.ttl), dns_names=dns)
+            async with self._ctx.signing.slot():
+                chain = self._ctx.ca.sign_x509_svid(sid, csr, ttl=ttl, dns_names=dns)
+        except SigningBusyError as exc:
+            raise ServerError(Status.RESOURCE_EXHAUSTED, f"{_X509_BUSY}: {exc}") from None
         except ServerError as exc:
             if exc.status is Status.INVALID_ARGUMENT:
                 raise
@@ -130,45 +232,135 @@ class SvidService(svid_grpc.SVIDBase):
         audience = list(req.audience)
         if not audience or any(not a for a in audience):
             raise ServerError(Status.INVALID_ARGUMENT, "at least one audience is required")
+        svid = await self._sign_jwt(sid, audience, _ttl(req.ttl))
+        await stream.send_message(svid_pb2.MintJWTSVIDResponse(svid=svid))
+
+    async def _sign_jwt(
+        self, sid: SpiffeId, audience: list[str], ttl: timedelta | None
+    ) -> jwtsvid_pb2.JWTSVID:
+        """A JWT-SVID for ``sid``: ``ttl`` or the default, capped at the key's expiry."""
         settings = self._ctx.ca.settings
-        ttl = _ttl(req.ttl) or settings.jwt_svid_ttl
-        kid, key, key_not_after = self._ctx.ca.jwt_signing_key()
-        now = datetime.now(UTC)
-        expires = min(now + ttl, key_not_after)
+        lifetime = ttl or settings.jwt_svid_ttl
         try:
-            token = sign_jwt_svid(
-                sid, audience, key, kid, expires, issued_at=now, issuer=settings.jwt_issuer
-            )
-        except JwtSvidError as exc:
-            raise ServerError(Status.INTERNAL, f"failed to sign JWT-SVID: {exc}") from None
-        await stream.send_message(
-            svid_pb2.MintJWTSVIDResponse(
-                svid=jwtsvid_pb2.JWTSVID(
-                    token=token,
-                    id=spiffe_id_to_proto(sid),
-                    expires_at=int(expires.timestamp()),
-                    issued_at=int(now.timestamp()),
+            async with self._ctx.signing.slot():
+                kid, key, key_not_after = self._ctx.ca.jwt_signing_key()
+                now = datetime.now(UTC)
+                expires = min(now + lifetime, key_not_after)
+                token = sign_jwt_svid(
+                    sid, audience, key, kid, expires, issued_at=now, issuer=settings.jwt_issuer
                 )
-            )
+        except SigningBusyError as exc:
+            raise ServerError(Status.RESOURCE_EXHAUSTED, f"{_JWT_BUSY}: {exc}") from None
+        except (JwtSvidError, ServerError) as exc:
+            raise ServerError(Status.INTERNAL, f"failed to sign JWT-SVID: {exc}") from None
+        return jwtsvid_pb2.JWTSVID(
+            token=token,
+            id=spiffe_id_to_proto(sid),
+            expires_at=int(expires.timestamp()),
+            issued_at=int(now.timestamp()),
         )
 
     async def MintWITSVID(self, stream: Stream[Any, Any]) -> None:
         """Not served here: answers UNIMPLEMENTED."""
         raise GRPCError(Status.UNIMPLEMENTED, "WIT-SVID functionality is not yet implemented")
 
+    @rpc
     async def BatchNewX509SVID(self, stream: Stream[Any, Any]) -> None:
-        """Not served here: answers UNIMPLEMENTED."""
-        raise GRPCError(
-            Status.UNIMPLEMENTED,
-            "BatchNewX509SVID is not implemented yet: the agent-facing SVID API is pending",
+        """Sign one X509-SVID per param for entries the calling agent is authorized for.
+
+        Each param gets its own status: INVALID_ARGUMENT for a missing entry ID or CSR, or a
+        CSR that does not parse or whose signature does not match its key; NOT_FOUND when
+        the entry does not exist or is not the agent's. The same entry may appear more than
+        once (each gets its own SVID), as in SPIRE.
+        """
+        req = await stream.recv_message()
+        assert req is not None
+        params = list(req.params)
+        if not params:
+            raise ServerError(Status.INVALID_ARGUMENT, "missing parameters")
+        if len(params) > MAX_BATCH:
+            raise ServerError(
+                Status.RESOURCE_EXHAUSTED,
+                f"{_X509_BUSY}: rate ({len(params)}) exceeds burst size ({MAX_BATCH})",
+            )
+        agent = _caller_id()
+        try:
+            async with self._ctx.signing.slot(len(params)):
+                entries = self._authorized(agent, (p.entry_id for p in params))
+                results = []
+                for i, param in enumerate(params):
+                    results.append(self._new_x509(param, entries))
+                    if i % YIELD_EVERY == YIELD_EVERY - 1:
+                        await asyncio.sleep(0)
+        except SigningBusyError as exc:
+            raise ServerError(Status.RESOURCE_EXHAUSTED, f"{_X509_BUSY}: {exc}") from None
+        await stream.send_message(svid_pb2.BatchNewX509SVIDResponse(results=results))
+
+    def _new_x509(
+        self, param: Any, entries: dict[str, RegistrationEntry]
+    ) -> svid_pb2.BatchNewX509SVIDResponse.Result:
+        R = svid_pb2.BatchNewX509SVIDResponse.Result
+        if not param.entry_id:
+            return R(status=error_status(Status.INVALID_ARGUMENT, "missing entry ID"))
+        if not param.csr:
+            return R(status=error_status(Status.INVALID_ARGUMENT, "missing CSR"))
+        entry = entries.get(param.entry_id)
+        if entry is None:
+            return R(status=error_status(Status.NOT_FOUND, "entry not found or not authorized"))
+        try:
+            key = _csr_public_key(param.csr)
+        except ServerError as exc:
+            return R(status=error_status(exc.status, exc.message))
+        try:
+            sid = SpiffeId.parse(entry.spiffe_id)
+            if not sid.member_of(self._ctx.trust_domain):
+                raise ValueError(f"{sid} is not a member of trust domain {self._ctx.trust_domain}")
+        except ValueError as exc:
+            return R(status=error_status(Status.INTERNAL, f"entry has malformed SPIFFE ID: {exc}"))
+        ttl = timedelta(seconds=entry.x509_svid_ttl) if entry.x509_svid_ttl > 0 else None
+        if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+            return R(
+                status=error_status(
+                    Status.INTERNAL,
+                    f"failed to sign X509-SVID: unsupported public key type {type(key).__name__}",
+                )
+            )
+        try:
+            leaf = self._ctx.ca.sign_x509_svid_der(sid, key, ttl=ttl, dns_names=entry.dns_names)
+            chain = self._chain_der()
+            not_after = x509.load_der_x509_certificate(leaf).not_valid_after_utc
+        except Exception as exc:
+            detail = exc.message if isinstance(exc, ServerError) else str(exc)
+            return R(status=error_status(Status.INTERNAL, f"failed to sign X509-SVID: {detail}"))
+        return R(
+            status=ok_status(),
+            svid=x509svid_pb2.X509SVID(
+                id=spiffe_id_to_proto(sid),
+                cert_chain=[leaf, *chain],
+                expires_at=int(not_after.timestamp()),
+            ),
         )
 
+    @rpc
     async def NewJWTSVID(self, stream: Stream[Any, Any]) -> None:
-        """Not served here: answers UNIMPLEMENTED."""
-        raise GRPCError(
-            Status.UNIMPLEMENTED,
-            "NewJWTSVID is not implemented yet: the agent-facing SVID API is pending",
-        )
+        """A JWT-SVID for an entry the calling agent is authorized for, for ``audience``."""
+        req = await stream.recv_message()
+        assert req is not None
+        agent = _caller_id()
+        entry = self._authorized(agent, [req.entry_id]).get(req.entry_id)
+        if entry is None:
+            raise ServerError(Status.NOT_FOUND, "entry not found or not authorized")
+        try:
+            sid = SpiffeId.parse(entry.spiffe_id)
+            id_in_trust_domain(spiffe_id_to_proto(sid), self._ctx.trust_domain, IdKind.WORKLOAD)
+        except ValueError as exc:
+            raise ServerError(Status.INVALID_ARGUMENT, f"invalid SPIFFE ID: {exc}") from None
+        audience = list(req.audience)
+        if not audience or any(not a for a in audience):
+            raise ServerError(Status.INVALID_ARGUMENT, "at least one audience is required")
+        ttl = timedelta(seconds=entry.jwt_svid_ttl) if entry.jwt_svid_ttl > 0 else None
+        svid = await self._sign_jwt(sid, audience, ttl)
+        await stream.send_message(svid_pb2.NewJWTSVIDResponse(svid=svid))
 
     async def BatchNewWITSVID(self, stream: Stream[Any, Any]) -> None:
         """Not served here: answers UNIMPLEMENTED."""
