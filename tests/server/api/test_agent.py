@@ -188,12 +188,3 @@ async def test_create_join_token_refusals_write_nothing(
     assert err.value.status is status
     assert await api.ds.count_entries() == 0
     assert await api.ds.prune_join_tokens(2**40) == 1, "only the pre-existing token is stored"
-
-
-async def test_agent_facing_rpcs_are_unimplemented(api: Api) -> None:
-    with pytest.raises(GRPCError) as err:
-        await api.agent.PostStatus(A.PostStatusRequest())
-    assert err.value.status is Status.UNIMPLEMENTED
-    with pytest.raises(GRPCError) as err:
-        await api.agent.RenewAgent(A.RenewAgentRequest())
-    assert err.value.status is Status.UNIMPLEMENTED

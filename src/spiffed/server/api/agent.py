@@ -1,42 +1,158 @@
-"""``spire.api.server.agent.v1.Agent``: the admin RPCs over attested agents and join tokens.
+"""``spire.api.server.agent.v1.Agent``: attested agents and join tokens.
 
-AttestAgent, RenewAgent and PostStatus (agent-facing) answer UNIMPLEMENTED until node
-attestation over the API lands.
+The admin RPCs (list, get, delete, ban, join tokens) and the agent-facing ones: AttestAgent
+(node attestation over a bidirectional stream: parameters, then as many challenge rounds as
+the attestor needs, then the agent X509-SVID), RenewAgent (a new agent SVID, recorded as the
+node's "new" certificate until the agent first uses it) and PostStatus (the agent's version).
+Status codes and messages follow SPIRE 1.15's agent service.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from google.protobuf import empty_pb2
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from spiffed._proto.spire.api.server.agent.v1 import agent_grpc, agent_pb2
-from spiffed._proto.spire.api.types import jointoken_pb2, spiffeid_pb2
+from spiffed._proto.spire.api.types import jointoken_pb2, spiffeid_pb2, status_pb2, x509svid_pb2
+from spiffed.ratelimit import KeyedRateLimiter
 from spiffed.server import datastore as ds
+from spiffed.server.api import current_caller
 from spiffed.server.api.convert import (
     IdKind,
     agent_to_proto,
     id_in_trust_domain,
     rpc,
     selector_from_proto,
+    spiffe_id_to_proto,
 )
 from spiffed.server.api.entry import MATCH_BEHAVIOR
 from spiffed.server.context import ServerContext
 from spiffed.server.errors import ServerError
+from spiffed.server.nodeattestor import (
+    AttestationError,
+    AttestResult,
+    NodeAttestor,
+    build_node_attestors,
+)
+from spiffed.server.nodeattestor.join_token import join_token_agent_id
+from spiffed.server.signing import SigningBusyError
 from spiffed.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 
-__all__ = ["AgentService", "agent_id_from_proto", "join_token_agent_id"]
+__all__ = [
+    "ATTEST_LIMIT_PER_IP",
+    "POST_STATUS_LIMIT_PER_IP",
+    "SIGN_LIMIT_PER_IP",
+    "AgentService",
+    "agent_id_from_proto",
+    "join_token_agent_id",
+]
+
+log = structlog.get_logger(__name__)
+
+ATTEST_LIMIT_PER_IP = 1
+"""SPIRE's ``limits.AttestLimitPerIP``: AttestAgent calls per second (and burst) per IP."""
+SIGN_LIMIT_PER_IP = 500
+"""SPIRE's ``limits.SignLimitPerIP``, applied to RenewAgent."""
+POST_STATUS_LIMIT_PER_IP = 10
+"""SPIRE's ``limits.PostStatusLimitPerIP``."""
+AGENT_VERSION_MAX_LEN = 255
+CHALLENGE_TIMEOUT = 60.0
+"""How long the server waits for the answer to one attestation challenge."""
+_SERVER_ID_PATH = "/spire/server"
+
+_Reason = status_pb2.PermissionDeniedDetails.Reason
 
 
-def join_token_agent_id(td: TrustDomain, token: str) -> SpiffeId:
-    """The agent ID a join token attests as: ``spiffe://<td>/spire/agent/join_token/<token>``."""
-    return SpiffeId.parse(f"{td.id_string()}/spire/agent/join_token/{token}")
+def _permission_denied(reason: int, message: str) -> GRPCError:
+    """PERMISSION_DENIED with SPIRE's ``PermissionDeniedDetails`` (sent when the server has a
+    status-details codec)."""
+    return GRPCError(
+        Status.PERMISSION_DENIED,
+        message,
+        [status_pb2.PermissionDeniedDetails(reason=reason)],  # type: ignore[arg-type]
+    )
+
+
+def _caller_ip(address: str | None) -> str | None:
+    """The IP of an ``ip:port`` caller address (None for local callers, not limited)."""
+    if not address:
+        return None
+    host = address.rpartition(":")[0] or address
+    return host.strip("[]")
+
+
+def _check_csr(der: bytes) -> x509.CertificateSigningRequest:
+    """Parse the agent's CSR and check what the CA will need, before anything is consumed or
+    stored: its self-signature and a key type SPIRE signs (EC P-256/P-384, RSA 2048/4096)."""
+    try:
+        csr = x509.load_der_x509_csr(der)
+        key = csr.public_key()
+    except ValueError as exc:
+        raise ServerError(Status.INVALID_ARGUMENT, f"failed to parse CSR: {exc}") from None
+    try:
+        valid = csr.is_signature_valid
+    except Exception:  # any failure to check is a bad signature
+        valid = False
+    if not valid:
+        raise ServerError(Status.INVALID_ARGUMENT, "failed to verify CSR signature")
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        ok = key.curve.name in ("secp256r1", "secp384r1")
+    elif isinstance(key, rsa.RSAPublicKey):
+        ok = key.key_size in (2048, 4096)
+    else:
+        ok = False
+    if not ok:
+        raise ServerError(
+            Status.INVALID_ARGUMENT,
+            f"failed to parse CSR: unsupported public key {type(key).__name__}",
+        )
+    return csr
+
+
+def _attest_params_problem(req: Any) -> str | None:
+    """SPIRE's ``validateAttestAgentParams``, in its order."""
+    if req is None or not req.HasField("params"):
+        return "missing params"
+    params = req.params
+    if not params.HasField("data"):
+        return "missing attestation data"
+    if not params.HasField("params"):
+        return "missing X509-SVID parameters"
+    if not params.params.csr:
+        return "missing CSR"
+    if not params.data.type:
+        return "missing attestation data type"
+    if not params.data.payload:
+        return "missing attestation data payload"
+    return None
+
+
+def _dedupe(selectors: Any) -> tuple[ds.Selector, ...]:
+    seen: dict[tuple[str, str], ds.Selector] = {}
+    for s in selectors:
+        seen.setdefault((s.type, s.value), ds.Selector(s.type, s.value))
+    return tuple(seen.values())
+
+
+def _x509_svid(sid: SpiffeId, chain: list[x509.Certificate]) -> x509svid_pb2.X509SVID:
+    return x509svid_pb2.X509SVID(
+        id=spiffe_id_to_proto(sid),
+        cert_chain=[c.public_bytes(Encoding.DER) for c in chain],
+        expires_at=int(chain[0].not_valid_after_utc.timestamp()),
+    )
 
 
 def agent_id_from_proto(msg: spiffeid_pb2.SPIFFEID, td: TrustDomain) -> SpiffeId:
@@ -99,8 +215,60 @@ def _filter(flt: Any) -> ds.NodeFilter:
 class AgentService(agent_grpc.AgentBase):
     """Attested agents and join tokens over the datastore."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        attestors: Mapping[str, NodeAttestor] | None = None,
+    ) -> None:
+        """``clock`` drives the per-IP rate limits; ``attestors`` defaults to those of
+        ``ctx.config.node_attestors`` (join_token only without a config)."""
         self._ctx = ctx
+        config = ctx.config
+        if attestors is None:
+            plugins = config.node_attestors if config is not None else ()
+            attestors = build_node_attestors(ctx.trust_domain, plugins, ctx.datastore)
+        self._attestors = dict(attestors)
+        limits = config.ratelimit if config is not None else None
+        self._attest_limiter = (
+            KeyedRateLimiter(ATTEST_LIMIT_PER_IP, ATTEST_LIMIT_PER_IP, clock=clock)
+            if limits is None or limits.attestation
+            else None
+        )
+        self._renew_limiter = (
+            KeyedRateLimiter(SIGN_LIMIT_PER_IP, SIGN_LIMIT_PER_IP, clock=clock)
+            if limits is None or limits.signing
+            else None
+        )
+        self._status_limiter = KeyedRateLimiter(
+            POST_STATUS_LIMIT_PER_IP, POST_STATUS_LIMIT_PER_IP, clock=clock
+        )
+
+    @property
+    def _agent_ttl(self) -> timedelta | None:
+        config = self._ctx.config
+        return config.agent_ttl if config is not None else None
+
+    @staticmethod
+    def _rate_limit(limiter: KeyedRateLimiter | None, what: str) -> None:
+        """SPIRE's per-IP limit; calls not over TCP (local) are not limited."""
+        if limiter is None:
+            return
+        ip = _caller_ip(current_caller().address)
+        if ip is not None and not limiter.allow(ip):
+            raise ServerError(
+                Status.RESOURCE_EXHAUSTED,
+                f"rejecting request due to {what} rate limiting: too many requests from {ip}",
+            )
+
+    def _sign(self, agent_id: SpiffeId, csr: x509.CertificateSigningRequest) -> Any:
+        try:
+            return self._ctx.ca.sign_x509_svid(agent_id, csr, ttl=self._agent_ttl)
+        except ServerError as exc:
+            if exc.status is Status.INVALID_ARGUMENT:
+                raise
+            raise ServerError(Status.INTERNAL, f"failed to sign X509 SVID: {exc.message}") from None
 
     @property
     def _ds(self) -> Any:
@@ -216,23 +384,197 @@ class AgentService(agent_grpc.AgentBase):
                 ) from None
         await stream.send_message(jointoken_pb2.JoinToken(value=token, expires_at=expiry))
 
+    @rpc
     async def AttestAgent(self, stream: Stream[Any, Any]) -> None:
-        """Not served here: answers UNIMPLEMENTED."""
-        raise GRPCError(
-            Status.UNIMPLEMENTED,
-            "AttestAgent is not implemented yet: node attestation over the API is the next issue",
+        """Attest a node: check its attestation data (and answers to challenges), then sign
+        its agent SVID and create or update its attested-node record."""
+        self._rate_limit(self._attest_limiter, "attest agent")
+        req = await stream.recv_message()
+        problem = _attest_params_problem(req)
+        if problem is not None:
+            raise ServerError(Status.INVALID_ARGUMENT, f"malformed param: {problem}")
+        assert req is not None
+        params = req.params
+        kind = params.data.type
+        csr = _check_csr(params.params.csr)
+        attestor = self._attestors.get(kind)
+        if attestor is None:
+            raise ServerError(
+                Status.FAILED_PRECONDITION,
+                f'error getting node attestor: could not find node attestor type "{kind}"',
+            )
+
+        async def challenge(data: bytes) -> bytes:
+            await stream.send_message(agent_pb2.AttestAgentResponse(challenge=data))
+            try:
+                async with asyncio.timeout(CHALLENGE_TIMEOUT):
+                    answer = await stream.recv_message()
+            except TimeoutError:
+                raise ServerError(
+                    Status.INTERNAL,
+                    "failed to receive challenge from agent: "
+                    f"no answer within {CHALLENGE_TIMEOUT:g}s",
+                ) from None
+            if answer is None:
+                raise ServerError(
+                    Status.INTERNAL, "failed to receive challenge from agent: stream ended"
+                )
+            return bytes(answer.challenge_response)
+
+        try:
+            result: AttestResult = await attestor.attest(bytes(params.data.payload), challenge)
+        except AttestationError as exc:
+            message = exc.message if kind == "join_token" else f"nodeattestor({kind}): {exc}"
+            raise ServerError(exc.status, message) from None
+        agent_id = result.agent_id
+        if agent_id.path == _SERVER_ID_PATH:
+            raise ServerError(Status.INTERNAL, "agent ID cannot collide with the server ID")
+        if not agent_id.member_of(self._ctx.trust_domain):
+            raise ServerError(
+                Status.INTERNAL,
+                f'invalid agent ID: "{agent_id}" is not a member of trust domain '
+                f'"{self._ctx.trust_domain}"',
+            )
+        try:
+            existing: ds.AttestedNode | None = await self._ds.get_node(str(agent_id))
+        except ds.NotFoundError:
+            existing = None
+        if existing is not None and existing.banned:
+            raise ServerError(Status.PERMISSION_DENIED, "failed to attest: agent is banned")
+        try:
+            async with self._ctx.signing.slot():
+                chain = self._sign(agent_id, csr)
+        except SigningBusyError as exc:
+            raise ServerError(Status.RESOURCE_EXHAUSTED, str(exc)) from None
+        leaf = chain[0]
+        serial = str(leaf.serial_number)
+        not_after = int(leaf.not_valid_after_utc.timestamp())
+        selectors = _dedupe(result.selectors)
+        if existing is None:
+            node = ds.AttestedNode(
+                spiffe_id=str(agent_id),
+                attestation_data_type=kind,
+                cert_serial_number=serial,
+                cert_not_after=not_after,
+                can_reattest=result.can_reattest,
+                selectors=selectors,
+            )
+            try:
+                await self._ds.create_node(node)
+            except ds.DataStoreError as exc:
+                raise ServerError(
+                    Status.INTERNAL, f"failed to create attested agent: {exc}"
+                ) from None
+        else:
+            # SPIRE's UpdateAttestedNodeCertificateMask: the new serial becomes current and
+            # any pending "new" one is dropped; the attestation type stays as first recorded.
+            update = ds.AttestedNode(
+                spiffe_id=str(agent_id),
+                cert_serial_number=serial,
+                cert_not_after=not_after,
+                new_cert_serial_number="",
+                new_cert_not_after=0,
+                can_reattest=result.can_reattest,
+                selectors=selectors,
+            )
+            try:
+                await self._ds.update_node(
+                    update,
+                    (
+                        "cert_serial_number",
+                        "cert_not_after",
+                        "new_cert_serial_number",
+                        "new_cert_not_after",
+                        "can_reattest",
+                        "selectors",
+                    ),
+                )
+            except ds.DataStoreError as exc:
+                raise ServerError(
+                    Status.INTERNAL, f"failed to update attested agent: {exc}"
+                ) from None
+        log.info(
+            "agent attestation request completed",
+            agent_id=str(agent_id),
+            node_attestor_type=kind,
+            address=current_caller().address,
+        )
+        await stream.send_message(
+            agent_pb2.AttestAgentResponse(
+                result=agent_pb2.AttestAgentResponse.Result(
+                    svid=_x509_svid(agent_id, chain), reattestable=result.can_reattest
+                )
+            )
         )
 
+    def _caller_id(self) -> SpiffeId:
+        sid = current_caller().spiffe_id
+        if sid is None:
+            raise ServerError(Status.INTERNAL, "caller ID missing from request context")
+        return sid
+
+    @rpc
     async def RenewAgent(self, stream: Stream[Any, Any]) -> None:
-        """Not served here: answers UNIMPLEMENTED."""
-        raise GRPCError(
-            Status.UNIMPLEMENTED,
-            "RenewAgent is not implemented yet: node attestation over the API is the next issue",
+        """A new agent SVID for the calling agent, recorded as its node's new certificate."""
+        req = await stream.recv_message()
+        assert req is not None
+        self._rate_limit(self._renew_limiter, "renew agent")
+        caller = self._caller_id()
+        try:
+            node: ds.AttestedNode = await self._ds.get_node(str(caller))
+        except ds.NotFoundError:
+            raise ServerError(Status.NOT_FOUND, "agent not found") from None
+        if node.banned:
+            raise _permission_denied(_Reason.AGENT_BANNED, f'agent "{caller}" is banned')
+        if node.can_reattest:
+            raise _permission_denied(
+                _Reason.AGENT_MUST_REATTEST, "agent must reattest instead of renew"
+            )
+        if not req.HasField("params"):
+            raise ServerError(Status.INVALID_ARGUMENT, "params cannot be nil")
+        if not req.params.csr:
+            raise ServerError(Status.INVALID_ARGUMENT, "missing CSR")
+        csr = _check_csr(req.params.csr)
+        try:
+            async with self._ctx.signing.slot():
+                chain = self._sign(caller, csr)
+        except SigningBusyError as exc:
+            raise ServerError(Status.RESOURCE_EXHAUSTED, str(exc)) from None
+        leaf = chain[0]
+        update = ds.AttestedNode(
+            spiffe_id=str(caller),
+            new_cert_serial_number=str(leaf.serial_number),
+            new_cert_not_after=int(leaf.not_valid_after_utc.timestamp()),
         )
+        try:
+            await self._ds.update_node(update, ("new_cert_serial_number", "new_cert_not_after"))
+        except ds.NotFoundError:
+            raise ServerError(Status.NOT_FOUND, "agent not found") from None
+        except ds.DataStoreError as exc:
+            raise ServerError(Status.INTERNAL, f"failed to update agent: {exc}") from None
+        await stream.send_message(agent_pb2.RenewAgentResponse(svid=_x509_svid(caller, chain)))
 
+    @rpc
     async def PostStatus(self, stream: Stream[Any, Any]) -> None:
-        """Not served here: answers UNIMPLEMENTED."""
-        raise GRPCError(
-            Status.UNIMPLEMENTED,
-            "PostStatus is not implemented yet: node attestation over the API is the next issue",
-        )
+        """Record the calling agent's version (when it sends one)."""
+        req = await stream.recv_message()
+        assert req is not None
+        self._rate_limit(self._status_limiter, "post status")
+        caller = self._caller_id()
+        version = req.agent_version
+        if version:
+            if len(version) > AGENT_VERSION_MAX_LEN:
+                raise ServerError(
+                    Status.INVALID_ARGUMENT,
+                    f"agent version is too long (max {AGENT_VERSION_MAX_LEN} characters)",
+                )
+            try:
+                await self._ds.update_node(
+                    ds.AttestedNode(spiffe_id=str(caller), agent_version=version),
+                    ("agent_version",),
+                )
+            except ds.NotFoundError:
+                raise ServerError(Status.NOT_FOUND, "agent not found") from None
+            except ds.DataStoreError as exc:
+                raise ServerError(Status.INTERNAL, f"failed to update agent: {exc}") from None
+        await stream.send_message(agent_pb2.PostStatusResponse())

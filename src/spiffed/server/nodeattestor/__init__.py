@@ -6,16 +6,22 @@ agent SPIFFE ID and which node selectors the node gets.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from grpclib.const import Status
 
 from spiffed.selector import Selector
-from spiffed.spiffeid import SpiffeId
+from spiffed.spiffeid import SpiffeId, TrustDomain
 
-__all__ = ["AttestResult", "AttestationError", "Challenger", "NodeAttestor"]
+__all__ = [
+    "AttestResult",
+    "AttestationError",
+    "Challenger",
+    "NodeAttestor",
+    "build_node_attestors",
+]
 
 # Sends a challenge to the agent and returns its answer.
 Challenger = Callable[[bytes], Awaitable[bytes]]
@@ -50,3 +56,26 @@ class NodeAttestor(Protocol):
     async def attest(self, payload: bytes, challenge: Challenger) -> AttestResult:
         """Attest a node from its payload, challenging it as often as the method needs."""
         ...
+
+
+def build_node_attestors(
+    trust_domain: TrustDomain, plugins: Iterable[Any], datastore: Any
+) -> Mapping[str, NodeAttestor]:
+    """The attestors named by the server's ``NodeAttestor`` blocks (objects with ``name`` and
+    ``options``), by name. ``join_token`` is always present: as in SPIRE, it is built into the
+    server whether or not it is configured. Configuration errors raise AttestationError."""
+    from spiffed.server.nodeattestor.join_token import JoinTokenAttestor
+    from spiffed.server.nodeattestor.x509pop import X509PopAttestor
+
+    out: dict[str, NodeAttestor] = {"join_token": JoinTokenAttestor(trust_domain, datastore)}
+    for plugin in plugins:
+        name = plugin.name
+        if name == "join_token":
+            continue
+        if name == "x509pop":
+            out[name] = X509PopAttestor.from_config(trust_domain, plugin.options)
+        else:
+            raise AttestationError(
+                Status.FAILED_PRECONDITION, f'NodeAttestor "{name}" is not supported'
+            )
+    return out
