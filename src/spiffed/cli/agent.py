@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from spiffed import __version__
+from spiffed.cli.agent_api import register as register_api_commands
 from spiffed.config import ConfigError
 
 VALID_MESSAGE = "SPIRE agent configuration file is valid."
@@ -93,6 +94,9 @@ def validate(config_path: str, **flags: Any) -> None:
         click.echo(f"{INVALID_PREFIX}{exc}", err=True)
         sys.exit(1)
     click.echo(VALID_MESSAGE)
+
+
+register_api_commands(cli)  # `api ...` and `healthcheck` (spiffed.cli.agent_api)
 
 
 def main() -> None:

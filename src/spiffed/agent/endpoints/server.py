@@ -5,24 +5,83 @@ for methods the service does not implement. gRPC server reflection (WE-17, SHOUL
 served from a descriptor pool holding ``workload.proto`` **without a package**, as it is on
 the wire: the generated module carries the package ``spiffed.workload`` only so that it
 does not clash with py-spiffe's package-less symbols in one process.
+
+The socket also serves ``grpc.health.v1.Health`` (what ``spiffed-agent healthcheck`` asks,
+as SPIRE's agent does): ``Check`` fetches an X.509 context from the socket itself, as a
+workload would, and answers SERVING when that works or ends with PERMISSION_DENIED (the
+agent's own process rarely has an identity), NOT_SERVING otherwise (not ready, attestation
+failing, no answer in time). It needs no security header: it is not a Workload API method.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 from google.protobuf import descriptor_pb2, descriptor_pool, struct_pb2
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.health.v1 import health_pb2
+from grpclib.health.v1.health_grpc import HealthBase
 from grpclib.reflection.service import ServerReflection
-from grpclib.server import Server
+from grpclib.server import Server, Stream
 
 from spiffed._proto.workload import workload_pb2
+from spiffed._proto.workload.workload_grpc import SpiffeWorkloadAPIBase
 from spiffed.agent.endpoints.workload import WorkloadApiService
 from spiffed.grpcutil import start_unix_server
+from spiffed.workloadapi.address import UnixAddress
+from spiffed.workloadapi.client import WorkloadApiClient, WorkloadApiError
 from spiffed.workloadapi.security import require_security_header
 
-__all__ = ["reflection_pool", "start_workload_api"]
+__all__ = ["WorkloadHealth", "reflection_pool", "start_workload_api"]
+
+log = logging.getLogger(__name__)
 
 WIRE_FILE_NAME = "workload.proto"
+
+#: How long a health check waits for the Workload API to answer it.
+HEALTH_CHECK_TIMEOUT = 5.0
+
+
+class WorkloadHealth(HealthBase):
+    """``grpc.health.v1.Health`` for the Workload API socket at ``socket_path``."""
+
+    def __init__(self, socket_path: str, *, timeout: float = HEALTH_CHECK_TIMEOUT) -> None:
+        self._address = UnixAddress(os.path.abspath(socket_path))
+        self._timeout = timeout
+
+    async def serving(self) -> bool:
+        """Whether a workload on this host gets an answer from the Workload API now."""
+        async with WorkloadApiClient(self._address, timeout=self._timeout) as client:
+            try:
+                await client.fetch_x509_context()
+            except WorkloadApiError as exc:
+                if exc.status is Status.PERMISSION_DENIED:
+                    return True
+                log.warning("health check failed: cannot fetch an X.509 context: %s", exc)
+                return False
+        return True
+
+    async def Check(
+        self, stream: Stream[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+    ) -> None:
+        """SERVING or NOT_SERVING for the whole agent; per-service health is refused."""
+        request = await stream.recv_message()
+        if request is not None and request.service:
+            raise GRPCError(Status.INVALID_ARGUMENT, "per-service health is not supported")
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if await self.serving()
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await stream.send_message(health_pb2.HealthCheckResponse(status=status))
+
+    async def Watch(
+        self, stream: Stream[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+    ) -> None:
+        """Not offered (as SPIRE's agent)."""
+        raise GRPCError(Status.UNIMPLEMENTED, "method Watch not implemented")
 
 
 def _strip_package(names: list[str], prefix: str) -> list[str]:
@@ -54,6 +113,9 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
                 [method.input_type, method.output_type], prefix
             )
     pool.Add(wire)
+    health_file = descriptor_pb2.FileDescriptorProto()
+    health_pb2.DESCRIPTOR.CopyToProto(health_file)
+    pool.Add(health_file)
     return pool
 
 
@@ -64,17 +126,20 @@ async def start_workload_api(
     dir_mode: int = 0o755,
     socket_mode: int = 0o777,
     reflection: bool = True,
+    health: bool = True,
 ) -> Server:
     """Serve ``service`` on ``socket_path`` and return the running grpclib server.
 
     The socket is world-connectable by default (as SPIRE's): callers are told apart by the
     kernel (SO_PEERCRED), not by who may open the socket. Stop it with ``server.close()``
     then ``await server.wait_closed()``; open streams are cancelled. With ``reflection``
-    the gRPC reflection service lists ``SpiffeWorkloadAPI`` (§6.2 row 9).
+    the gRPC reflection service lists ``SpiffeWorkloadAPI`` (§6.2 row 9); with ``health``
+    the socket serves ``grpc.health.v1.Health`` (:class:`WorkloadHealth`).
     """
-    services = (
-        ServerReflection.extend([service], pool=reflection_pool()) if reflection else [service]
-    )
+    served: list[SpiffeWorkloadAPIBase | HealthBase] = [service]
+    if health:
+        served.append(WorkloadHealth(os.fspath(socket_path)))
+    services = ServerReflection.extend(served, pool=reflection_pool()) if reflection else served
     server = Server(services)
     require_security_header(server)
     await start_unix_server(server, socket_path, dir_mode=dir_mode, socket_mode=socket_mode)
