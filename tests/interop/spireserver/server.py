@@ -1,7 +1,8 @@
 """Build and run a released ``spire-server`` (github.com/spiffe/spire v1.15.3) for interop tests.
 
-The binary is built from the Go module required by ``go.mod`` beside this file (cgo on, for
-SQLite). ``github.com/Keyfactor/ejbca-go-client-sdk`` is replaced by a compile-only stub
+``spire-agent`` comes from the same pinned module (:func:`build_spire_agent`). Both binaries
+are built from the Go module required by ``go.mod`` beside this file (cgo on, for SQLite).
+``github.com/Keyfactor/ejbca-go-client-sdk`` is replaced by a compile-only stub
 (``ejbcastub/``) because the module proxy refuses to serve it; it is only used by SPIRE's
 EJBCA UpstreamAuthority plugin, which these tests never configure.
 """
@@ -21,17 +22,21 @@ SPIRE_VERSION = "v1.15.3"
 TRUST_DOMAIN = "example.org"
 
 
-def build_spire_server(out_dir: Path) -> Path:
-    """``go build`` SPIRE's ``cmd/spire-server`` into ``out_dir``; fails without Go."""
+def build_spire_command(command: str, out_dir: Path) -> Path:
+    """``go build`` SPIRE's ``cmd/<command>`` (v1.15.3) into ``out_dir``; fails without Go.
+
+    ``command`` is ``spire-server`` or ``spire-agent``; both are pinned by ``tools.go`` and
+    built from this module (cgo on: spire-server needs it for SQLite).
+    """
     go = shutil.which("go") or (
         "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
     )
     if go is None:
-        raise AssertionError("the Go toolchain is needed to build spire-server; install Go")
-    out = out_dir / "spire-server"
+        raise AssertionError(f"the Go toolchain is needed to build {command}; install Go")
+    out = out_dir / command
     env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "1"}
     result = subprocess.run(
-        [go, "build", "-o", str(out), "github.com/spiffe/spire/cmd/spire-server"],
+        [go, "build", "-o", str(out), f"github.com/spiffe/spire/cmd/{command}"],
         cwd=HERE,
         env=env,
         capture_output=True,
@@ -40,8 +45,18 @@ def build_spire_server(out_dir: Path) -> Path:
         timeout=1200,
     )
     if result.returncode != 0:
-        raise AssertionError(f"go build of spire-server {SPIRE_VERSION} failed:\n{result.stderr}")
+        raise AssertionError(f"go build of {command} {SPIRE_VERSION} failed:\n{result.stderr}")
     return out
+
+
+def build_spire_server(out_dir: Path) -> Path:
+    """``go build`` SPIRE's ``cmd/spire-server`` into ``out_dir``; fails without Go."""
+    return build_spire_command("spire-server", out_dir)
+
+
+def build_spire_agent(out_dir: Path) -> Path:
+    """``go build`` SPIRE's ``cmd/spire-agent`` into ``out_dir``; fails without Go."""
+    return build_spire_command("spire-agent", out_dir)
 
 
 def free_port() -> int:
