@@ -11,6 +11,7 @@ from grpclib.const import Status
 
 from spiffed._proto.workload import workload_pb2 as pb
 from spiffed.spiffeid import SpiffeId
+from spiffed.svid.jwt import JwtSvid
 from spiffed.workloadapi import WorkloadApiClient, WorkloadApiError
 from spiffed.workloadapi.client import InvalidResponseError, parse_x509_context
 from tests.agent.endpoints.support import (
@@ -30,6 +31,10 @@ from tests.agent.endpoints.support import (
 async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
     async with running_agent(tmp_path / "agent.sock") as a:
         yield a
+
+
+def token_exp(token: str) -> float:
+    return JwtSvid.parse_insecure(token).expiry.timestamp()
 
 
 def client_for(agent: Agent, **kwargs: object) -> WorkloadApiClient:
@@ -144,6 +149,8 @@ async def test_validate_jwt_svid_valid_and_invalid(agent: Agent) -> None:
         result = await client.validate_jwt_svid(token, "svc")
         assert str(result.spiffe_id) == "spiffe://example.org/db"
         assert result.claims["aud"] == ["svc"]
+        assert result.claims["exp"] == int(token_exp(token))
+        assert isinstance(result.claims["exp"], int)
         with pytest.raises(WorkloadApiError) as err:
             await client.validate_jwt_svid(token, "other-audience")
         assert err.value.status is Status.INVALID_ARGUMENT

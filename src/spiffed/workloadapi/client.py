@@ -131,7 +131,8 @@ class HintedJwtSvid:
 
 @dataclass(frozen=True, slots=True)
 class ValidatedJwtSvid:
-    """What ``ValidateJWTSVID`` says about a token the server found valid."""
+    """What ``ValidateJWTSVID`` says about a token the server found valid; whole numbers in
+    ``claims`` are ints (the wire's Struct holds only doubles)."""
 
     spiffe_id: SpiffeId
     claims: Mapping[str, Any] = field(default_factory=dict)
@@ -408,5 +409,16 @@ class WorkloadApiClient:
             sid = SpiffeId.parse(resp.spiffe_id)
         except SpiffeIdError as exc:
             raise InvalidResponseError(f"ValidateJWTSVIDResponse: {exc}") from None
-        claims = json_format.MessageToDict(resp.claims)
+        claims = _integral(json_format.MessageToDict(resp.claims))
         return ValidatedJwtSvid(sid, MappingProxyType(claims))
+
+
+def _integral(value: Any) -> Any:
+    """Struct numbers are doubles: give whole ones (``exp``, ``iat``...) back as ints."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
