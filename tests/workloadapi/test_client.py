@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from grpclib.const import Status
 
 from spiffed._proto.workload import workload_pb2 as pb
 from spiffed.spiffeid import SpiffeId
 from spiffed.svid.jwt import JwtSvid
+from spiffed.svid.x509 import X509Svid
 from spiffed.workloadapi import WorkloadApiClient, WorkloadApiError
 from spiffed.workloadapi.client import InvalidResponseError, parse_x509_context
 from tests.agent.endpoints.support import (
@@ -41,7 +44,7 @@ def client_for(agent: Agent, **kwargs: object) -> WorkloadApiClient:
     return WorkloadApiClient(f"unix://{agent.socket_path}", **kwargs)  # type: ignore[arg-type]
 
 
-async def test_fetch_x509_context_parses_svids_keys_and_bundles(agent: Agent) -> None:
+async def test_we_05_fetch_x509_context_parses_svids_keys_and_bundles(agent: Agent) -> None:
     svids = agent.add(
         entry("a", "/db", MY_UID, hint="db"),
         entry("b", "/web", MY_UID, federates_with=[FED]),
@@ -62,7 +65,7 @@ async def test_fetch_x509_context_parses_svids_keys_and_bundles(agent: Agent) ->
     assert set(ctx.federated_bundles()) == {FED}
 
 
-async def test_address_from_spiffe_endpoint_socket(
+async def test_we_09_address_from_spiffe_endpoint_socket(
     agent: Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     agent.add(entry("a", "/db", MY_UID))
@@ -215,7 +218,7 @@ def test_bad_address_is_invalid_argument(monkeypatch: pytest.MonkeyPatch) -> Non
     assert err.value.status is Status.INVALID_ARGUMENT
 
 
-def test_malformed_response_is_invalid_response_error() -> None:
+def test_wa_11_malformed_response_is_invalid_response_error() -> None:
     with pytest.raises(InvalidResponseError, match="no SVIDs") as err:
         parse_x509_context(pb.X509SVIDResponse())
     assert err.value.status is Status.INTERNAL
@@ -240,3 +243,90 @@ def test_malformed_response_is_invalid_response_error() -> None:
     )
     with pytest.raises(InvalidResponseError, match="no certificates"):
         parse_x509_context(empty_bundle)
+
+
+def _svid_msg(svid: X509Svid, bundle: bytes, **fields: Any) -> pb.X509SVID:
+    chain, key = svid.marshal_der()
+    values: dict[str, Any] = {
+        "spiffe_id": str(svid.spiffe_id),
+        "x509_svid": chain,
+        "x509_svid_key": key,
+        "bundle": bundle,
+    }
+    values.update(fields)
+    return pb.X509SVID(**values)
+
+
+def test_7_7_rows_10_11_bad_fields_reject_the_message() -> None:
+    ca = Authority(TD)
+    svid = ca.svid(SpiffeId.parse("spiffe://example.org/x"))
+    other = ca.svid(SpiffeId.parse("spiffe://example.org/x"))
+    bundle = ca.ca_cert.public_bytes(serialization.Encoding.DER)
+    chain_pem, _ = svid.marshal_pem()
+    bad = {
+        "empty spiffe_id": {"spiffe_id": ""},
+        "empty chain": {"x509_svid": b""},
+        "empty key": {"x509_svid_key": b""},
+        "PEM chain": {"x509_svid": chain_pem},
+        "key of another SVID": {"x509_svid_key": other.marshal_der()[1]},
+        "leaf not first": {
+            "x509_svid": bundle + svid.marshal_der()[0],
+        },
+    }
+    for what, fields in bad.items():
+        msg = pb.X509SVIDResponse(svids=[_svid_msg(svid, bundle, **fields)])
+        with pytest.raises(InvalidResponseError):
+            parse_x509_context(msg)
+            pytest.fail(what)
+    ok = parse_x509_context(pb.X509SVIDResponse(svids=[_svid_msg(svid, bundle)]))
+    assert ok.default_svid.leaf == svid.leaf
+
+
+def test_wa_26_federated_bundle_keys_in_both_forms() -> None:
+    ca, fed = Authority(TD), Authority(FED)
+    svid = ca.svid(SpiffeId.parse("spiffe://example.org/x"))
+    der = ca.ca_cert.public_bytes(serialization.Encoding.DER)
+    fed_der = fed.ca_cert.public_bytes(serialization.Encoding.DER)
+    for key in ("spiffe://federated.org", "federated.org"):
+        msg = pb.X509SVIDResponse(svids=[_svid_msg(svid, der)], federated_bundles={key: fed_der})
+        assert set(parse_x509_context(msg).federated_bundles()) == {FED}
+    msg = pb.X509SVIDResponse(svids=[_svid_msg(svid, der)], federated_bundles={"bad key!": der})
+    with pytest.raises(InvalidResponseError, match="trust domain"):
+        parse_x509_context(msg)
+
+
+def test_wa_27_7_7_row_12_duplicate_hints_keep_the_first() -> None:
+    ca = Authority(TD)
+    a = ca.svid(SpiffeId.parse("spiffe://example.org/a"))
+    b = ca.svid(SpiffeId.parse("spiffe://example.org/b"))
+    c = ca.svid(SpiffeId.parse("spiffe://example.org/c"))
+    der = ca.ca_cert.public_bytes(serialization.Encoding.DER)
+    msg = pb.X509SVIDResponse(
+        svids=[
+            _svid_msg(a, der, hint="same"),
+            _svid_msg(b, der, hint="same"),
+            _svid_msg(c, der),
+        ]
+    )
+    ctx = parse_x509_context(msg)
+    assert [str(s.spiffe_id) for s in ctx.svids] == [
+        "spiffe://example.org/a",
+        "spiffe://example.org/c",
+    ]
+    assert ctx.hints == ("same", "")
+
+
+async def test_wa_09_watch_drops_federated_bundles_when_the_map_empties(agent: Agent) -> None:
+    agent.add(entry("a", "/db", MY_UID, federates_with=[FED]))
+    agent.set_federation(agent.fed.bundle())
+    async with client_for(agent) as client:
+        updates = client.watch_x509_context()
+        try:
+            async with asyncio.timeout(DEADLINE):
+                assert set((await anext(updates)).federated_bundles()) == {FED}
+                agent.set_federation()
+                ctx = await anext(updates)
+                assert ctx.federated_bundles() == {}
+                assert ctx.get_x509_bundle_for_trust_domain(FED) is None
+        finally:
+            await updates.aclose()

@@ -156,13 +156,21 @@ def _parse_x509_bundle(td: TrustDomain, data: bytes, what: str) -> X509Bundle:
 
 
 def parse_x509_context(resp: pb.X509SVIDResponse) -> X509Context:
-    """Parse an ``X509SVIDResponse``; :class:`InvalidResponseError` names what is wrong."""
+    """Parse an ``X509SVIDResponse``; :class:`InvalidResponseError` names what is wrong.
+
+    Any empty mandatory field, a chain or key that does not parse or match, a ``spiffe_id``
+    other than the leaf's URI SAN, or an empty bundle rejects the whole message (WA-11);
+    of SVIDs sharing a hint only the first is kept (WA-27)."""
     if not resp.svids:
         raise InvalidResponseError("X509SVIDResponse contains no SVIDs")
     svids: list[X509Svid] = []
     hints: list[str] = []
     bundles: dict[TrustDomain, X509Bundle] = {}
+    seen_hints: set[str] = set()
     for i, msg in enumerate(resp.svids):
+        if msg.hint and msg.hint in seen_hints:
+            continue  # WA-27: a repeated hint keeps the first SVID that has it
+        seen_hints.add(msg.hint)
         try:
             svid = X509Svid.parse_der(msg.x509_svid, msg.x509_svid_key)
         except (X509SvidError, ValueError) as exc:
@@ -371,7 +379,11 @@ class WorkloadApiClient:
         if not resp.svids:
             raise InvalidResponseError("JWTSVIDResponse contains no SVIDs")
         out = []
+        seen_hints: set[str] = set()
         for i, msg in enumerate(resp.svids):
+            if msg.hint and msg.hint in seen_hints:
+                continue  # WA-27: a repeated hint keeps the first SVID that has it
+            seen_hints.add(msg.hint)
             try:
                 svid = JwtSvid.parse_insecure(msg.svid)
             except (JwtSvidError, ValueError) as exc:
