@@ -333,6 +333,31 @@ async def test_watch_prints_each_update_until_interrupted(agent: Agent) -> None:
             await proc.wait()
 
 
+async def test_wa_28_watch_reports_permission_denied_and_retries(agent: Agent) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from spiffed.cli.agent import main; main()",
+        "api", "watch", *sock(agent),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        async with asyncio.timeout(DEADLINE):
+            err = await proc.stderr.readline()
+            assert err.decode() == (
+                "rpc error: code = PermissionDenied desc = no identity issued\n"
+            )
+            agent.add(entry("a", "/db", MY_UID))  # the retry (after backoff) gets it
+            while not (line := await proc.stdout.readline()).startswith(b"Received"):
+                assert line, "watch ended"
+            assert line.startswith(b"Received 1 svid after ")
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 # --- formatting ----------------------------------------------------------------------------
 
 
