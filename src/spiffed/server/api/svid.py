@@ -27,7 +27,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from spiffed._proto.spire.api.server.svid.v1 import svid_grpc, svid_pb2
-from spiffed._proto.spire.api.types import jwtsvid_pb2, x509svid_pb2
+from spiffed._proto.spire.api.types import jwtsvid_pb2, spiffeid_pb2, x509svid_pb2
 from spiffed.server.api import current_caller
 from spiffed.server.api.convert import (
     MAX_TTL,
@@ -55,6 +55,9 @@ rate limiter does (``rate (n) exceeds burst size (500)``)."""
 
 YIELD_EVERY = 50
 """A batch gives the event loop a turn after this many signatures."""
+
+_OK = ok_status()
+_EntryId = tuple[SpiffeId, spiffeid_pb2.SPIFFEID] | str
 
 _X509_BUSY = "rejecting request due to certificate signing rate limiting"
 _JWT_BUSY = "rejecting request due to JWT signing request rate limiting"
@@ -287,18 +290,30 @@ class SvidService(svid_grpc.SVIDBase):
         try:
             async with self._ctx.signing.slot(len(params)):
                 entries = self._authorized(agent, (p.entry_id for p in params))
+                ids: dict[str, _EntryId] = {}
                 results = []
                 for i, param in enumerate(params):
-                    results.append(self._new_x509(param, entries))
+                    results.append(self._new_x509(param, entries, ids))
                     if i % YIELD_EVERY == YIELD_EVERY - 1:
                         await asyncio.sleep(0)
         except SigningBusyError as exc:
             raise ServerError(Status.RESOURCE_EXHAUSTED, f"{_X509_BUSY}: {exc}") from None
         await stream.send_message(svid_pb2.BatchNewX509SVIDResponse(results=results))
 
+    def _entry_id(self, entry: RegistrationEntry) -> _EntryId:
+        """The entry's SPIFFE ID (and as a message), or why it is not one of ours."""
+        try:
+            sid = SpiffeId.parse(entry.spiffe_id)
+            if not sid.member_of(self._ctx.trust_domain):
+                raise ValueError(f"{sid} is not a member of trust domain {self._ctx.trust_domain}")
+        except ValueError as exc:
+            return str(exc)
+        return sid, spiffe_id_to_proto(sid)
+
     def _new_x509(
-        self, param: Any, entries: dict[str, RegistrationEntry]
+        self, param: Any, entries: dict[str, RegistrationEntry], ids: dict[str, _EntryId]
     ) -> svid_pb2.BatchNewX509SVIDResponse.Result:
+        """One param's result; ``ids`` remembers the entries' parsed IDs within a batch."""
         R = svid_pb2.BatchNewX509SVIDResponse.Result
         if not param.entry_id:
             return R(status=error_status(Status.INVALID_ARGUMENT, "missing entry ID"))
@@ -311,12 +326,14 @@ class SvidService(svid_grpc.SVIDBase):
             key = _csr_public_key(param.csr)
         except ServerError as exc:
             return R(status=error_status(exc.status, exc.message))
-        try:
-            sid = SpiffeId.parse(entry.spiffe_id)
-            if not sid.member_of(self._ctx.trust_domain):
-                raise ValueError(f"{sid} is not a member of trust domain {self._ctx.trust_domain}")
-        except ValueError as exc:
-            return R(status=error_status(Status.INTERNAL, f"entry has malformed SPIFFE ID: {exc}"))
+        entry_id = ids.get(entry.id)
+        if entry_id is None:
+            entry_id = ids[entry.id] = self._entry_id(entry)
+        if isinstance(entry_id, str):
+            return R(
+                status=error_status(Status.INTERNAL, f"entry has malformed SPIFFE ID: {entry_id}")
+            )
+        sid, sid_proto = entry_id
         ttl = timedelta(seconds=entry.x509_svid_ttl) if entry.x509_svid_ttl > 0 else None
         if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
             return R(
@@ -333,9 +350,9 @@ class SvidService(svid_grpc.SVIDBase):
             detail = exc.message if isinstance(exc, ServerError) else str(exc)
             return R(status=error_status(Status.INTERNAL, f"failed to sign X509-SVID: {detail}"))
         return R(
-            status=ok_status(),
+            status=_OK,
             svid=x509svid_pb2.X509SVID(
-                id=spiffe_id_to_proto(sid),
+                id=sid_proto,
                 cert_chain=[leaf, *chain],
                 expires_at=int(not_after.timestamp()),
             ),
