@@ -20,12 +20,16 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from google.protobuf import any_pb2
 from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.encoding.base import StatusDetailsCodecBase
 from grpclib.protocol import EventsProcessor, H2Protocol
 from h2.errors import ErrorCodes
 from h2.events import StreamReset
 
 from spiffed._proto.spire.api.types import bundle_pb2 as types_bundle
+from spiffed._proto.spire.api.types import status_pb2 as types_status
 from spiffed._proto.spire.api.types import x509svid_pb2 as types_x509svid
 from spiffed.bundle import SpiffeBundle, X509Bundle
 from spiffed.bundle.errors import BundleError
@@ -39,6 +43,8 @@ __all__ = [
     "ServerChannel",
     "ServerClientError",
     "bundle_from_proto",
+    "denied_reason",
+    "fetch_bootstrap_bundle",
     "load_bootstrap_bundle",
     "make_csr",
     "svid_from_proto",
@@ -61,6 +67,52 @@ def load_bootstrap_bundle(path: Path, fmt: str, trust_domain: TrustDomain) -> X5
         data = path.read_bytes()
     except OSError as exc:
         raise ServerClientError(f"cannot read trust bundle {str(path)!r}: {exc}") from None
+    return parse_bootstrap_bundle(data, fmt, trust_domain, str(path))
+
+
+MAX_BUNDLE_BYTES = 1 << 20
+"""Largest bootstrap bundle read from ``trust_bundle_url``."""
+
+
+def fetch_bootstrap_bundle(
+    url: str,
+    fmt: str,
+    trust_domain: TrustDomain,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    timeout: float = 10.0,
+) -> X509Bundle:
+    """HTTPS GET ``trust_bundle_url`` (server verified against the system's roots unless
+    ``ssl_context`` says otherwise) and parse it as ``pem`` or ``spiffe``. Blocking."""
+    import urllib.error
+    import urllib.request
+
+    if not url.startswith("https://"):
+        raise ServerClientError(f"trust bundle URL {url!r} must start with https://")
+    ctx = ssl_context if ssl_context is not None else ssl.create_default_context()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as resp:  # noqa: S310
+            if resp.status != 200:
+                raise ServerClientError(
+                    f"error downloading trust bundle from {url!r}: HTTP status {resp.status}"
+                )
+            data = resp.read(MAX_BUNDLE_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise ServerClientError(
+            f"error downloading trust bundle from {url!r}: HTTP status {exc.code}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ServerClientError(f"error downloading trust bundle from {url!r}: {exc}") from None
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise ServerClientError(f"trust bundle at {url!r} is larger than {MAX_BUNDLE_BYTES} bytes")
+    return parse_bootstrap_bundle(data, fmt, trust_domain, url)
+
+
+def parse_bootstrap_bundle(
+    data: bytes, fmt: str, trust_domain: TrustDomain, source: str
+) -> X509Bundle:
+    """A bootstrap bundle's bytes in ``pem`` or ``spiffe`` format; ``source`` names it."""
+    path = source
     try:
         if fmt == "pem":
             bundle = X509Bundle.parse_pem(trust_domain, data)
@@ -94,6 +146,69 @@ def bundle_from_proto(msg: types_bundle.Bundle) -> SpiffeBundle:
         )
     except (ValueError, BundleError) as exc:
         raise ServerClientError(f"server sent an unusable bundle: {exc}") from None
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _status_details(data: bytes) -> list[any_pb2.Any]:
+    """The ``details`` (field 3) of a serialized ``google.rpc.Status``."""
+    out: list[any_pb2.Any] = []
+    pos = 0
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        wire = tag & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            chunk, pos = data[pos : pos + size], pos + size
+            if tag >> 3 == 3:
+                out.append(any_pb2.Any.FromString(chunk))
+        elif wire == 5:
+            pos += 4
+        elif wire == 1:
+            pos += 8
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+    return out
+
+
+class _SpireStatusDetails(StatusDetailsCodecBase):
+    """Decodes ``grpc-status-details-bin`` for the one detail the agent acts on:
+    ``spire.api.types.PermissionDeniedDetails`` (why an agent was refused)."""
+
+    def encode(self, status: Status, message: str | None, details: Any) -> bytes:
+        raise NotImplementedError("the agent never sends status details")
+
+    def decode(self, status: Status, message: str | None, data: bytes) -> Any:
+        try:
+            found = []
+            for item in _status_details(data):
+                if item.TypeName() == types_status.PermissionDeniedDetails.DESCRIPTOR.full_name:
+                    found.append(types_status.PermissionDeniedDetails.FromString(item.value))
+            return found
+        except ValueError:
+            return []
+
+
+def denied_reason(details: Any) -> str | None:
+    """The ``PermissionDeniedDetails`` reason name (``AGENT_BANNED``...) in a
+    :class:`~grpclib.exceptions.GRPCError`'s details, or None."""
+    for item in details or ():
+        if isinstance(item, types_status.PermissionDeniedDetails):
+            return str(types_status.PermissionDeniedDetails.Reason.Name(item.reason))
+    return None
 
 
 class _CompleteResponseTolerantEvents(EventsProcessor):
@@ -146,7 +261,7 @@ class ServerChannel(Channel):
             if not roots:
                 raise ServerClientError(f"no X.509 authorities to trust {trust_domain}'s server")
             ctx = client_context(roots, chain, key)
-        super().__init__(host, port, ssl=ctx)
+        super().__init__(host, port, ssl=ctx, status_details_codec=_SpireStatusDetails())
         self.trust_domain = trust_domain
         self.expected_id = server_id(trust_domain)
         self._roots = None if roots is None else tuple(roots)

@@ -96,6 +96,21 @@ def validate(config_path: str, **flags: Any) -> None:
     click.echo(VALID_MESSAGE)
 
 
+@cli.command()
+@agent_config_flags
+def run(config_path: str, **flags: Any) -> None:
+    """Runs the agent."""
+    from spiffed.agent.config import load_agent_config
+    from spiffed.agent.run import run as run_agent
+
+    try:
+        config = load_agent_config(config_path or None, overrides_from(flags))
+    except ConfigError as exc:
+        click.echo(f"{INVALID_PREFIX}{exc}", err=True)
+        sys.exit(1)
+    sys.exit(run_agent(config))
+
+
 register_api_commands(cli)  # `api ...` and `healthcheck` (spiffed.cli.agent_api)
 
 

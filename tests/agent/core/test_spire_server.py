@@ -303,7 +303,9 @@ plugins {{
         assert str(entry.spiffe_id) == "spiffe://example.org/host"
         assert cache.bundle is not None
         assert cache.bundle.x509_authorities == server_bundle(spire).authorities
-        assert (tmp_path / "agent-data" / "agent_svid.key").exists()
+        # KeyManager "memory": nothing private is written (a restart attests again)
+        assert not (tmp_path / "agent-data" / "agent_svid.key").exists()
+        assert not (tmp_path / "agent-data" / "agent_svid.der").exists()
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

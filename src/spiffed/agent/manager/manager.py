@@ -5,7 +5,10 @@ against the stored bundle; otherwise it attests (``AttestAgent``). Then, every s
 
 1. renew the agent SVID with ``agent.v1.Agent/RenewAgent`` once past its renewal time (half
    of its life, moved earlier by up to 10% jitter), persisting SVID, key and bundle;
-2. ``entry.v1.Entry/GetAuthorizedEntries`` and replace the cache's entries;
+2. ``entry.v1.Entry/SyncAuthorizedEntries`` (SPIRE's sparse protocol: with many entries the
+   server sends only revisions and the agent asks back for the entries it lacks or that
+   changed), or ``GetAuthorizedEntries`` when the server answers UNIMPLEMENTED; the cache's
+   entries are replaced;
 3. ``svid.v1.SVID/BatchNewX509SVID`` for entries without an SVID, or whose SVID is past its
    renewal time (half-life with jitter), in batches, each with a new key;
 4. ``bundle.v1.Bundle/GetBundle`` and ``GetFederatedBundle`` for the trust domains entries
@@ -13,13 +16,27 @@ against the stored bundle; otherwise it attests (``AttestAgent``). Then, every s
 
 Every sync uses a fresh mTLS connection built from the current SVID and bundle, so a renewed
 SVID or a new CA root is used from the next sync on. :meth:`Manager.run` repeats syncs every
-``sync_interval`` seconds and backs off (jittered, exponential) after errors.
+``sync_interval`` seconds and backs off (jittered, exponential) after errors. Meanwhile it
+keeps spiffed's ``spiffed.api.server.watch.v1.Watch/WatchAuthorizedEntries`` stream open:
+each notification starts a sync at once. A SPIRE server answers UNIMPLEMENTED and the agent
+just polls.
+
+Re-attestable agents (``x509pop``...) attest again instead of ``RenewAgent``, as SPIRE's.
+When the server refuses the agent itself (PERMISSION_DENIED on a sync: evicted, expired)
+a re-attestable agent attests again in-process; a ``join_token`` agent cannot (its token was
+used up), so its stored SVID is removed and :meth:`Manager.run` raises
+:class:`ManagerError`; a banned agent stops too.
+
+With the ``memory`` KeyManager (``persist=False``) nothing is written to ``data_dir`` and
+every start attests; with ``disk`` the SVID, its key and the bundle survive restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,8 +45,10 @@ from pathlib import Path
 import structlog
 from cryptography import x509
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from h2.exceptions import StreamClosedError
 
+from spiffed._proto.spiffed.api.server.watch.v1 import watch_grpc, watch_pb2
 from spiffed._proto.spire.api.server.agent.v1 import agent_grpc, agent_pb2
 from spiffed._proto.spire.api.server.bundle.v1 import bundle_grpc, bundle_pb2
 from spiffed._proto.spire.api.server.entry.v1 import entry_grpc, entry_pb2
@@ -41,12 +60,15 @@ from spiffed.agent.client import (
     ServerChannel,
     ServerClientError,
     bundle_from_proto,
+    denied_reason,
+    fetch_bootstrap_bundle,
     make_csr,
     svid_from_proto,
 )
 from spiffed.agent.manager.storage import (
     AgentState,
     StateError,
+    delete_state,
     load_state,
     save_bundle,
     save_state,
@@ -59,12 +81,18 @@ from spiffed.selector import Selector
 from spiffed.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 from spiffed.svid.x509 import X509Svid, X509SvidError, verify_chain
 
-__all__ = ["Manager", "ManagerError", "SyncResult", "entry_from_proto"]
+__all__ = ["AgentDeniedError", "Manager", "ManagerError", "SyncResult", "entry_from_proto"]
 
 log = structlog.get_logger("spiffed.agent.manager")
 
 BATCH_SIZE = 500
 """Most CSRs sent in one ``BatchNewX509SVID`` call."""
+
+RPC_TIMEOUT = 30.0
+"""Deadline of each call to the server (SPIRE's)."""
+
+REATTESTABLE = frozenset({"x509pop", "sshpop", "k8s_psat", "tpm_devid", "http_challenge"})
+"""Node attestors whose agents attest again rather than calling ``RenewAgent``."""
 
 
 _RETRYABLE = (
@@ -80,6 +108,31 @@ _RETRYABLE = (
 
 class ManagerError(Exception):
     """The manager cannot get or keep an identity (attestation or storage failed)."""
+
+
+class AgentDeniedError(ServerClientError):
+    """The server refused the agent itself (PERMISSION_DENIED): evicted, expired, banned.
+
+    ``reason`` is SPIRE's ``PermissionDeniedDetails`` reason (``AGENT_NOT_ATTESTED``...)
+    when the server sent one."""
+
+    def __init__(self, message: str, reason: str | None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    @property
+    def banned(self) -> bool:
+        """The agent is banned: it must stop, not attest again."""
+        return self.reason == "AGENT_BANNED" or (
+            self.reason is None and "banned" in str(self).lower()
+        )
+
+
+def _server_error(what: str, exc: GRPCError) -> ServerClientError:
+    message = f"{what} failed: {exc.status.name}: {exc.message}"
+    if exc.status == Status.PERMISSION_DENIED:
+        return AgentDeniedError(message, denied_reason(exc.details))
+    return ServerClientError(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +177,21 @@ class Manager:
     attestor: AgentNodeAttestor
     cache: IdentityCache
     bootstrap_roots: Sequence[x509.Certificate] | None = None
-    """X.509 roots trusted for attestation (``trust_bundle_path``); None: insecure bootstrap."""
+    """X.509 roots trusted for attestation (``trust_bundle_path``); None: insecure bootstrap
+    (or ``bootstrap_url``)."""
+    bootstrap_url: str | None = None
+    """``trust_bundle_url``: downloaded (HTTPS) before each attestation when set."""
+    bootstrap_format: str = "pem"
+    bootstrap_ssl: ssl.SSLContext | None = None
+    """TLS settings for ``bootstrap_url`` (None: the system's roots)."""
+    persist: bool = True
+    """``disk`` KeyManager: keep SVID, key and bundle in ``data_dir``; ``memory``: keep nothing."""
+    key_dir: Path | None = None
+    """Where the key is kept (the ``disk`` KeyManager's ``directory``); None: ``data_dir``."""
+    reattestable: bool | None = None
+    """Attest again instead of ``RenewAgent``; None: from the attestor (x509pop...)."""
+    use_watch: bool = True
+    """Keep spiffed's WatchAuthorizedEntries stream open (sync on each notification)."""
     workload_key_type: KeyType = KeyType.EC_P256
     sync_interval: float = 5.0
     backoff: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=30.0))
@@ -135,7 +202,18 @@ class Manager:
     """Syncs that failed in a row (0 after a success)."""
     last_sync: SyncResult | None = None
     """The result of the last successful sync."""
+    syncs: int = 0
+    """Successful syncs so far."""
+    sync_supported: bool | None = None
+    """Whether the server has SyncAuthorizedEntries (None: not known yet)."""
+    watch_supported: bool | None = None
+    """Whether the server has spiffed's Watch extension (None: not known yet)."""
+    notifications: int = 0
+    """Watch notifications received."""
     _state: AgentState | None = None
+    _synced: dict[str, WorkloadEntry] = field(default_factory=dict)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _jwt_channel: ServerChannel | None = None
     _agent_renew_at: datetime | None = None
     _renew_at: dict[str, datetime] = field(default_factory=dict)
 
@@ -163,9 +241,18 @@ class Manager:
         self._set_state(state)
         self.cache.set_bundles(state.bundle, self.cache.federated_bundles)
 
+    @property
+    def can_reattest(self) -> bool:
+        """Whether this agent attests again rather than renewing (and after an eviction)."""
+        if self.reattestable is not None:
+            return self.reattestable
+        return self.attestor.name in REATTESTABLE
+
     def _load_usable_state(self) -> AgentState | None:
+        if not self.persist:
+            return None
         try:
-            state = load_state(self.data_dir, self.trust_domain)
+            state = load_state(self.data_dir, self.trust_domain, self.key_dir)
         except StateError as exc:
             log.warning("ignoring stored agent state, attesting again", error=str(exc))
             return None
@@ -179,8 +266,25 @@ class Manager:
         log.info("reusing stored agent SVID", spiffe_id=str(state.svid.spiffe_id))
         return state
 
+    async def _bootstrap_roots(self) -> list[x509.Certificate] | None:
+        if self.bootstrap_url is not None:
+            bundle = await asyncio.to_thread(
+                fetch_bootstrap_bundle,
+                self.bootstrap_url,
+                self.bootstrap_format,
+                self.trust_domain,
+                ssl_context=self.bootstrap_ssl,
+            )
+            return list(bundle.authorities)
+        return None if self.bootstrap_roots is None else list(self.bootstrap_roots)
+
     async def _attest(self) -> AgentState:
-        roots = None if self.bootstrap_roots is None else list(self.bootstrap_roots)
+        state = self._state
+        # Once attested, the current bundle is the trust to re-attest with.
+        if state is not None:
+            roots: list[x509.Certificate] | None = list(state.bundle.x509_authorities)
+        else:
+            roots = await self._bootstrap_roots()
         channel = ServerChannel(
             self.server_address,
             self.server_port,
@@ -192,14 +296,18 @@ class Manager:
         finally:
             channel.close()
         self.attestations += 1
+        if self.reattestable is None:
+            self.reattestable = result.reattestable
         state = AgentState(result.svid, result.bundle)
         self._persist(state)
         log.info("node attested", spiffe_id=str(result.svid.spiffe_id))
         return state
 
     def _persist(self, state: AgentState) -> None:
+        if not self.persist:
+            return
         try:
-            save_state(self.data_dir, state)
+            save_state(self.data_dir, state, self.key_dir)
         except OSError as exc:
             raise ManagerError(
                 f"cannot store the agent SVID in {str(self.data_dir)!r}: {exc}"
@@ -207,6 +315,9 @@ class Manager:
 
     def _set_state(self, state: AgentState) -> None:
         self._state = state
+        if self._jwt_channel is not None:
+            self._jwt_channel.close()
+            self._jwt_channel = None
         leaf = state.svid.leaf
         self._agent_renew_at = renewal_time(
             leaf.not_valid_before_utc, leaf.not_valid_after_utc, rng=self.rng
@@ -233,8 +344,12 @@ class Manager:
             await self.initialize()
         renewed = False
         if self._agent_renew_at is not None and _now() >= self._agent_renew_at:
-            await self.renew_agent()
+            if self.can_reattest:
+                await self.reattest()
+            else:
+                await self.renew_agent()
             renewed = True
+        self._wake.clear()  # a notification from now on asks for another sync
         channel = self._channel()
         try:
             entries = await self._fetch_entries(channel)
@@ -254,28 +369,106 @@ class Manager:
                 minted, failed = minted + ok, failed + bad
             await self._sync_bundles(channel, entries)
         except GRPCError as exc:
-            raise ServerClientError(f"sync failed: {exc.status.name}: {exc.message}") from None
+            raise _server_error("sync", exc) from None
         finally:
             channel.close()
+        self.syncs += 1
         return SyncResult(len(entries), minted, failed, renewed)
 
     async def _fetch_entries(self, channel: ServerChannel) -> list[WorkloadEntry]:
+        if self.sync_supported is not False:
+            try:
+                entries = await self._sync_entries(channel)
+            except GRPCError as exc:
+                if exc.status != Status.UNIMPLEMENTED:
+                    raise
+                self.sync_supported = False
+                log.info("server has no SyncAuthorizedEntries; using GetAuthorizedEntries")
+            else:
+                self.sync_supported = True
+                return entries
         resp = await entry_grpc.EntryStub(channel).GetAuthorizedEntries(
-            entry_pb2.GetAuthorizedEntriesRequest()
+            entry_pb2.GetAuthorizedEntriesRequest(), timeout=RPC_TIMEOUT
         )
+        entries = self._parse_entries(resp.entries)
+        self._synced = {e.id: e for e in entries}
+        return entries
+
+    @staticmethod
+    def _parse_entries(msgs: Sequence[types_entry.Entry]) -> list[WorkloadEntry]:
         entries = []
-        for msg in resp.entries:
+        for msg in msgs:
             try:
                 entries.append(entry_from_proto(msg))
             except (SpiffeIdError, ValueError) as exc:
                 log.warning("skipping malformed entry", entry_id=msg.id, error=str(exc))
         return entries
 
+    async def _sync_entries(self, channel: ServerChannel) -> list[WorkloadEntry]:
+        """``SyncAuthorizedEntries``: all entries at once, or revisions first (many entries)
+        and then only the entries that are new or changed since the last sync."""
+        full: list[types_entry.Entry] = []
+        revisions: list[entry_pb2.EntryRevision] = []
+        complete = False
+        stream_cm = entry_grpc.EntryStub(channel).SyncAuthorizedEntries.open(timeout=RPC_TIMEOUT)
+        try:
+            async with stream_cm as stream:
+                await stream.send_message(entry_pb2.SyncAuthorizedEntriesRequest())
+                await self._recv_pages(stream, full, revisions)
+                if revisions:
+                    known = self._synced
+                    wanted = [
+                        r.id
+                        for r in revisions
+                        if r.id not in known
+                        or known[r.id].revision != r.revision_number
+                        or known[r.id].created_at != r.created_at
+                    ]
+                    if wanted:
+                        await stream.send_message(
+                            entry_pb2.SyncAuthorizedEntriesRequest(ids=wanted)
+                        )
+                        await self._recv_pages(stream, full, [])
+                complete = True
+                # A Go server may already have closed the stream after its last page.
+                with contextlib.suppress(StreamClosedError):
+                    await stream.end()
+        except ProtocolError:
+            if not complete:  # only closing a finished exchange may fail
+                raise
+        fetched = self._parse_entries(full)
+        if revisions:
+            merged = {e.id: e for e in fetched}
+            entries = []
+            for r in revisions:
+                entry = merged.get(r.id) or self._synced.get(r.id)
+                if entry is not None:
+                    entries.append(entry)
+        else:
+            entries = fetched
+        self._synced = {e.id: e for e in entries}
+        return entries
+
+    @staticmethod
+    async def _recv_pages(
+        stream: object,
+        full: list[types_entry.Entry],
+        revisions: list[entry_pb2.EntryRevision],
+    ) -> None:
+        while True:
+            resp = await stream.recv_message()  # type: ignore[attr-defined]
+            if resp is None:
+                raise ServerClientError("the server ended SyncAuthorizedEntries too early")
+            full.extend(resp.entries)
+            revisions.extend(resp.entry_revisions)
+            if not resp.more:
+                return
+
     async def _mint(self, channel: ServerChannel, entries: list[WorkloadEntry]) -> tuple[int, int]:
         keys = {e.id: self.workload_key_type.generate() for e in entries}
         params = [svid_pb2.NewX509SVIDParams(entry_id=i, csr=make_csr(k)) for i, k in keys.items()]
         resp = await svid_grpc.SVIDStub(channel).BatchNewX509SVID(
-            svid_pb2.BatchNewX509SVIDRequest(params=params)
+            svid_pb2.BatchNewX509SVIDRequest(params=params), timeout=RPC_TIMEOUT
         )
         ok = bad = 0
         for entry, result in zip(entries, resp.results, strict=False):
@@ -310,7 +503,8 @@ class Manager:
         for td in wanted:
             try:
                 msg = await stub.GetFederatedBundle(
-                    bundle_pb2.GetFederatedBundleRequest(trust_domain=str(td))
+                    bundle_pb2.GetFederatedBundleRequest(trust_domain=str(td)),
+                    timeout=RPC_TIMEOUT,
                 )
             except GRPCError as exc:
                 if exc.status == Status.NOT_FOUND:
@@ -320,7 +514,8 @@ class Manager:
         state = self._state
         if state is not None and own != state.bundle:
             self._state = AgentState(state.svid, own)
-            save_bundle(self.data_dir, own)
+            if self.persist:
+                save_bundle(self.data_dir, own)
         self.cache.set_bundles(own, federated)
 
     # --- agent SVID renewal -----------------------------------------------------------
@@ -334,12 +529,13 @@ class Manager:
         channel = self._channel()
         try:
             resp = await agent_grpc.AgentStub(channel).RenewAgent(
-                agent_pb2.RenewAgentRequest(params=agent_pb2.AgentX509SVIDParams(csr=make_csr(key)))
+                agent_pb2.RenewAgentRequest(
+                    params=agent_pb2.AgentX509SVIDParams(csr=make_csr(key))
+                ),
+                timeout=RPC_TIMEOUT,
             )
         except GRPCError as exc:
-            raise ServerClientError(
-                f"RenewAgent failed: {exc.status.name}: {exc.message}"
-            ) from None
+            raise _server_error("RenewAgent", exc) from None
         finally:
             channel.close()
         svid = svid_from_proto(resp.svid, key)
@@ -353,10 +549,87 @@ class Manager:
         log.info("agent SVID renewed", expires_at=svid.expires_at.isoformat())
         return svid
 
+    async def reattest(self) -> X509Svid:
+        """Attest again (re-attestable agents, at renewal time or after an eviction)."""
+        try:
+            state = await self._attest()
+        except AttestationError as exc:
+            if exc.status is not None:
+                raise ManagerError(f"re-attestation refused: {exc}") from None
+            raise ServerClientError(str(exc)) from None
+        self._set_state(state)
+        self.cache.set_bundles(state.bundle, self.cache.federated_bundles)
+        return state.svid
+
+    # --- JWT-SVIDs --------------------------------------------------------------------
+
+    async def mint_jwt(self, entry: WorkloadEntry, audiences: tuple[str, ...]) -> str:
+        """A JWT-SVID for ``entry`` from ``svid.v1.SVID/NewJWTSVID`` (the Workload API's
+        :data:`~spiffed.agent.endpoints.workload.JwtMinter`)."""
+        if self._jwt_channel is None:
+            self._jwt_channel = self._channel()
+        try:
+            resp = await svid_grpc.SVIDStub(self._jwt_channel).NewJWTSVID(
+                svid_pb2.NewJWTSVIDRequest(entry_id=entry.id, audience=list(audiences)),
+                timeout=RPC_TIMEOUT,
+            )
+        except GRPCError as exc:
+            raise _server_error("NewJWTSVID", exc) from None
+        if not resp.svid.token:
+            raise ServerClientError("NewJWTSVID returned no token")
+        return str(resp.svid.token)
+
+    # --- watch ------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Sync now instead of at the next interval."""
+        self._wake.set()
+
+    async def _watch(self) -> None:
+        """Keep WatchAuthorizedEntries open; every notification wakes the sync loop."""
+        backoff = Backoff(initial=self.backoff.initial, maximum=self.backoff.maximum, rng=self.rng)
+        while True:
+            try:
+                channel = self._channel()
+            except ManagerError:  # re-attesting: no SVID to connect with right now
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            try:
+                stub = watch_grpc.WatchStub(channel)
+                async with stub.WatchAuthorizedEntries.open() as stream:
+                    await stream.send_message(watch_pb2.WatchAuthorizedEntriesRequest(), end=True)
+                    async for _note in stream:
+                        if self.watch_supported is not True:
+                            log.info("watching the server for entry changes")
+                        self.watch_supported = True
+                        self.notifications += 1
+                        backoff.reset()
+                        self._wake.set()
+            except GRPCError as exc:
+                if exc.status == Status.UNIMPLEMENTED:
+                    self.watch_supported = False
+                    log.info(
+                        "server has no Watch extension; polling",
+                        sync_interval=self.sync_interval,
+                    )
+                    return
+                log.debug("watch stream failed", error=f"{exc.status.name}: {exc.message}")
+            except (*_RETRYABLE, ProtocolError) as exc:
+                log.debug("watch stream failed", error=str(exc))
+            finally:
+                channel.close()
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _sleep(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
     # --- loop -------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Initialize, then sync forever: every ``sync_interval`` s, backing off on errors."""
+    async def start(self) -> None:
+        """Initialize, retrying (with back-off) while the server cannot be reached.
+
+        Raises :class:`ManagerError` when the server refuses the attestation."""
         while self._state is None:
             try:
                 await self.initialize()
@@ -367,15 +640,58 @@ class Manager:
                 log.warning("cannot attest yet", error=str(exc), retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
         self.backoff.reset()
-        while True:
-            try:
-                self.last_sync = await self.sync_once()
-            except _RETRYABLE as exc:
-                self.failures += 1
-                delay = self.backoff.next_delay()
-                log.warning("sync failed", error=str(exc), retry_in=round(delay, 2))
-            else:
-                self.failures = 0
-                self.backoff.reset()
-                delay = self.sync_interval
-            await asyncio.sleep(delay)
+
+    async def _denied(self, exc: AgentDeniedError) -> None:
+        """The server refused the agent: attest again when possible, else stop."""
+        if exc.banned:
+            self._forget()
+            raise ManagerError(f"agent is banned: removing SVID and shutting down ({exc})")
+        if not self.can_reattest:
+            self._forget()
+            raise ManagerError(
+                f"agent needs to re-attest: removing SVID and shutting down ({exc}); "
+                f'NodeAttestor "{self.attestor.name}" cannot attest again, so give the agent '
+                "a new join token and restart it"
+            )
+        log.warning("agent needs to re-attest; attesting again", error=str(exc))
+        await self.reattest()
+
+    def _forget(self) -> None:
+        if self.persist:
+            with contextlib.suppress(OSError):
+                delete_state(self.data_dir, self.key_dir)
+
+    async def run(self) -> None:
+        """Initialize, then sync forever: every ``sync_interval`` s or when the Watch stream
+        says something changed, backing off on errors. Raises :class:`ManagerError` when the
+        agent must stop (attestation refused, evicted without a way to re-attest, banned)."""
+        await self.start()
+        watcher = asyncio.create_task(self._watch()) if self.use_watch else None
+        try:
+            while True:
+                try:
+                    self.last_sync = await self.sync_once()
+                except AgentDeniedError as exc:
+                    try:
+                        await self._denied(exc)
+                    except _RETRYABLE as again:
+                        log.warning("re-attestation failed", error=str(again))
+                        await asyncio.sleep(self.backoff.next_delay())
+                    continue
+                except _RETRYABLE as exc:
+                    self.failures += 1
+                    delay = self.backoff.next_delay()
+                    log.warning("sync failed", error=str(exc), retry_in=round(delay, 2))
+                else:
+                    self.failures = 0
+                    self.backoff.reset()
+                    delay = self.sync_interval
+                await self._sleep(delay)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            if self._jwt_channel is not None:
+                self._jwt_channel.close()
+                self._jwt_channel = None

@@ -6,6 +6,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import structlog
+
 from spiffed.agent.attest import attestor_from_config
 from spiffed.agent.cache import IdentityCache
 from spiffed.agent.client import ServerClientError, load_bootstrap_bundle
@@ -15,12 +19,15 @@ from spiffed.agent.nodeattestor import AgentAttestationError
 
 __all__ = ["build_manager", "run_agent"]
 
+log = structlog.get_logger("spiffed.agent")
+
 
 def build_manager(config: AgentConfig, cache: IdentityCache | None = None) -> Manager:
     """A :class:`Manager` for ``config`` filling ``cache`` (a new one when None).
 
     Raises :class:`ManagerError` for settings it cannot act on (an unreadable bootstrap
-    bundle, an unsupported node attestor, ``trust_bundle_url``).
+    bundle, an unsupported node attestor or key manager). ``trust_bundle_url`` is
+    downloaded when the agent attests, not here.
     """
     try:
         attestor = attestor_from_config(
@@ -29,6 +36,7 @@ def build_manager(config: AgentConfig, cache: IdentityCache | None = None) -> Ma
     except AgentAttestationError as exc:
         raise ManagerError(str(exc)) from None
     roots = None
+    url = None
     if config.trust_bundle_path is not None:
         try:
             bundle = load_bootstrap_bundle(
@@ -38,10 +46,18 @@ def build_manager(config: AgentConfig, cache: IdentityCache | None = None) -> Ma
             raise ManagerError(str(exc)) from None
         roots = list(bundle.authorities)
     elif config.trust_bundle_url is not None:
-        raise ManagerError("trust_bundle_url is not supported yet; use trust_bundle_path")
+        url = config.trust_bundle_url
     elif not config.insecure_bootstrap:
         raise ManagerError("trust_bundle_path or insecure_bootstrap must be configured")
-    return Manager(
+    km = config.key_manager
+    persist = km.name == "disk"
+    key_dir = None
+    if persist:
+        directory = km.options.get("directory")
+        key_dir = Path(str(directory)) if directory else None
+    elif km.name != "memory":
+        raise ManagerError(f'KeyManager "{km.name}" is not supported (disk or memory)')
+    manager = Manager(
         trust_domain=config.trust_domain,
         server_address=config.server_address,
         server_port=config.server_port,
@@ -50,7 +66,18 @@ def build_manager(config: AgentConfig, cache: IdentityCache | None = None) -> Ma
         cache=cache if cache is not None else IdentityCache(config.trust_domain),
         bootstrap_roots=roots,
         workload_key_type=config.workload_x509_svid_key_type,
+        bootstrap_url=url,
+        bootstrap_format=config.trust_bundle_format,
+        persist=persist,
+        key_dir=key_dir,
     )
+    if not persist and not manager.can_reattest:
+        log.warning(
+            'KeyManager "memory" keeps no key across restarts: a restarted agent must attest '
+            f'again, which NodeAttestor "{config.node_attestor.name}" can do only with a new '
+            "join token"
+        )
+    return manager
 
 
 async def run_agent(config: AgentConfig, cache: IdentityCache | None = None) -> None:

@@ -4,7 +4,8 @@ Files (each replaced atomically: written to a temporary file in the same directo
 then renamed over the old one):
 
 - ``agent_svid.der``: the agent's X509-SVID chain, concatenated DER, leaf first (SPIRE's name);
-- ``agent_svid.key``: its private key, PKCS#8 PEM, mode 0600;
+- ``agent_svid.key``: its private key, PKCS#8 PEM, mode 0600 (in the ``disk`` KeyManager's
+  ``directory`` when that differs from ``data_dir``);
 - ``bundle.spiffe.json``: the trust domain's bundle as a SPIFFE bundle document.
 
 The key is written before the chain, so a crash between the two leaves a chain that does not
@@ -29,6 +30,7 @@ from spiffed.svid.x509 import X509Svid, X509SvidError
 __all__ = [
     "AgentState",
     "StateError",
+    "delete_state",
     "BUNDLE_FILE",
     "KEY_FILE",
     "SVID_FILE",
@@ -81,11 +83,11 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(dir_fd)
 
 
-def save_state(data_dir: Path, state: AgentState) -> None:
-    """Store the SVID, its key (0600) and the bundle."""
+def save_state(data_dir: Path, state: AgentState, key_dir: Path | None = None) -> None:
+    """Store the SVID, its key (0600, in ``key_dir`` or ``data_dir``) and the bundle."""
     _, key = state.svid.marshal_pem()
     der = b"".join(c.public_bytes(serialization.Encoding.DER) for c in state.svid.cert_chain)
-    write_atomic(data_dir / KEY_FILE, key, 0o600)
+    write_atomic((key_dir or data_dir) / KEY_FILE, key, 0o600)
     write_atomic(data_dir / SVID_FILE, der)
     save_bundle(data_dir, state.bundle)
 
@@ -95,7 +97,15 @@ def save_bundle(data_dir: Path, bundle: SpiffeBundle) -> None:
     write_atomic(data_dir / BUNDLE_FILE, bundle.marshal(indent=2))
 
 
-def load_state(data_dir: Path, trust_domain: TrustDomain) -> AgentState | None:
+def delete_state(data_dir: Path, key_dir: Path | None = None) -> None:
+    """Remove the stored SVID and its key (the bundle stays): the next start attests."""
+    (data_dir / SVID_FILE).unlink(missing_ok=True)
+    ((key_dir or data_dir) / KEY_FILE).unlink(missing_ok=True)
+
+
+def load_state(
+    data_dir: Path, trust_domain: TrustDomain, key_dir: Path | None = None
+) -> AgentState | None:
     """The stored state, or None when nothing was stored yet.
 
     Raises :class:`StateError` when the files exist but do not fit together (a chain that does
@@ -103,7 +113,7 @@ def load_state(data_dir: Path, trust_domain: TrustDomain) -> AgentState | None:
     """
     svid_path, key_path, bundle_path = (
         data_dir / SVID_FILE,
-        data_dir / KEY_FILE,
+        (key_dir or data_dir) / KEY_FILE,
         data_dir / BUNDLE_FILE,
     )
     if not svid_path.exists() and not key_path.exists():
