@@ -36,6 +36,7 @@ from spiffed.server.context import ServerContext
 from spiffed.server.datastore import open_datastore
 from spiffed.server.keymanager.memory import MemoryKeyManager
 from spiffed.server.run_store import DatastoreCaStore
+from spiffed.server.signing import SigningLimiter
 from spiffed.server.svid import ServerSvid
 from spiffed.spiffeid import SpiffeId, TrustDomain
 
@@ -290,6 +291,19 @@ async def test_banned_agent_cannot_attest_and_stays_banned(env: Env) -> None:
     assert err.message == "failed to attest: agent is banned"
     node = await env.ds.get_node(agent_id)
     assert node.banned, "a refused attestation must not lift the ban"
+    assert await token_left(env, "banned"), "a refused node gets its token back"
+
+
+async def test_signing_busy_is_resource_exhausted_and_gives_the_token_back(env: Env) -> None:
+    env.ctx.signing = SigningLimiter(max_concurrent=1, max_wait=0.01)
+    await add_token(env, "busy")
+    async with env.ctx.signing.slot():  # every slot is taken for the whole attempt
+        err = await refused(env, attest_req("join_token", b"busy"))
+    assert err.status is Status.RESOURCE_EXHAUSTED
+    assert await env.ds.count_nodes() == 0
+    assert await token_left(env, "busy"), "the agent may retry with its token"
+    env.clock.now += 10
+    await attest(env, attest_req("join_token", b"busy"))
 
 
 # --- x509pop ----------------------------------------------------------------------------------

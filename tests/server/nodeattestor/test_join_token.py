@@ -88,6 +88,14 @@ async def test_unknown_or_garbage_payload_is_not_found(store: Any, payload: byte
     assert (err.value.status, err.value.message) == (Status.INVALID_ARGUMENT, NOT_FOUND)
 
 
+async def test_undo_gives_the_token_back(store: Any) -> None:
+    await store.create_join_token(ds.JoinToken("back", NOW + 60))
+    result = await attestor(store).attest(b"back", no_challenge)
+    assert result.undo is not None
+    await result.undo()
+    assert await store.consume_join_token("back") == ds.JoinToken("back", NOW + 60)
+
+
 def test_join_token_is_built_in_whether_configured_or_not(store: Any) -> None:
     assert set(build_node_attestors(TD, (), store)) == {"join_token"}
 

@@ -426,6 +426,24 @@ class AgentService(agent_grpc.AgentBase):
         except AttestationError as exc:
             message = exc.message if kind == "join_token" else f"nodeattestor({kind}): {exc}"
             raise ServerError(exc.status, message) from None
+        try:
+            response = await self._admit(kind, result, csr)
+        except BaseException:
+            if result.undo is not None:
+                try:
+                    await result.undo()
+                except Exception as exc:  # the refusal below matters more
+                    log.warning("could not give back attestation data", error=str(exc))
+            raise
+        await stream.send_message(response)
+
+    async def _admit(
+        self,
+        kind: str,
+        result: AttestResult,
+        csr: x509.CertificateSigningRequest,
+    ) -> agent_pb2.AttestAgentResponse:
+        """After a successful attestation: check the node, sign and store it; the answer."""
         agent_id = result.agent_id
         if agent_id.path == _SERVER_ID_PATH:
             raise ServerError(Status.INTERNAL, "agent ID cannot collide with the server ID")
@@ -499,11 +517,9 @@ class AgentService(agent_grpc.AgentBase):
             node_attestor_type=kind,
             address=current_caller().address,
         )
-        await stream.send_message(
-            agent_pb2.AttestAgentResponse(
-                result=agent_pb2.AttestAgentResponse.Result(
-                    svid=_x509_svid(agent_id, chain), reattestable=result.can_reattest
-                )
+        return agent_pb2.AttestAgentResponse(
+            result=agent_pb2.AttestAgentResponse.Result(
+                svid=_x509_svid(agent_id, chain), reattestable=result.can_reattest
             )
         )
 

@@ -7,7 +7,7 @@ agent SPIFFE ID and which node selectors the node gets.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from grpclib.const import Status
@@ -43,6 +43,9 @@ class AttestResult:
     agent_id: SpiffeId
     selectors: tuple[Selector, ...]
     can_reattest: bool
+    undo: Callable[[], Awaitable[None]] | None = field(default=None, compare=False)
+    """Gives back what the attestation used up (a join token), when the server refuses the
+    node afterwards, so the datastore is left as it was and the agent may try again."""
 
 
 class NodeAttestor(Protocol):

@@ -4,7 +4,8 @@ As in SPIRE, join-token attestation is built into the server: the token (the att
 payload) is taken from the datastore in one step, so of two agents racing with the same
 token exactly one gets it, then its expiry is checked (an expired token is consumed too).
 The agent ID is ``spiffe://<td>/spire/agent/join_token/<token>``; the node gets no
-selectors and cannot re-attest (a token works once).
+selectors and cannot re-attest (a token works once). When the server refuses the node after
+the token was taken (banned agent, signing refused), the token is given back.
 """
 
 from __future__ import annotations
@@ -68,4 +69,8 @@ class JoinTokenAttestor:
             raise AttestationError(
                 Status.INTERNAL, f"failed to create join token ID: {exc}"
             ) from None
-        return AttestResult(agent_id=agent_id, selectors=(), can_reattest=False)
+
+        async def undo() -> None:
+            await self._ds.create_join_token(stored)
+
+        return AttestResult(agent_id=agent_id, selectors=(), can_reattest=False, undo=undo)
