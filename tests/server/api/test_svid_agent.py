@@ -303,6 +303,18 @@ async def test_bad_params_get_their_own_invalid_argument(
     assert len(agent_api.signed) == 2
 
 
+async def test_csr_with_an_unknown_key_algorithm_is_malformed(agent_api: AgentApi) -> None:
+    entry_id = await agent_api.add_entry("/web")
+    der = csr_der()
+    ec_public_key = bytes.fromhex("06072a8648ce3d0201")
+    assert der.count(ec_public_key) == 1
+    unknown = der.replace(ec_public_key, bytes.fromhex("06072a8648ce3d0209"))
+    resp = await agent_api.svid.BatchNewX509SVID(params((entry_id, unknown), (entry_id, der)))
+    assert resp.results[0].status.code == Status.INVALID_ARGUMENT.value
+    assert resp.results[0].status.message.startswith("malformed CSR")
+    assert resp.results[1].status.code == Status.OK.value
+
+
 async def test_unsupported_csr_key_type_is_an_internal_error_per_param(
     agent_api: AgentApi,
 ) -> None:

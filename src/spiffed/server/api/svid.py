@@ -38,6 +38,7 @@ from spiffed.server.api.convert import (
     ok_status,
     rpc,
     spiffe_id_to_proto,
+    status_of,
 )
 from spiffed.server.context import ServerContext
 from spiffed.server.datastore.records import RegistrationEntry
@@ -94,7 +95,7 @@ def _csr_public_key(der: bytes) -> CertificatePublicKeyTypes:
     try:
         csr = x509.load_der_x509_csr(der)
         key = csr.public_key()
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # cryptography raises several types for what it cannot read
         raise ServerError(Status.INVALID_ARGUMENT, f"malformed CSR: {exc}") from None
     try:
         params = csr.signature_algorithm_parameters
@@ -291,9 +292,14 @@ class SvidService(svid_grpc.SVIDBase):
             async with self._ctx.signing.slot(len(params)):
                 entries = self._authorized(agent, (p.entry_id for p in params))
                 ids: dict[str, _EntryId] = {}
+                R = svid_pb2.BatchNewX509SVIDResponse.Result
                 results = []
                 for i, param in enumerate(params):
-                    results.append(self._new_x509(param, entries, ids))
+                    try:
+                        result = self._new_x509(param, entries, ids)
+                    except Exception as exc:  # one param's failure never fails the batch
+                        result = R(status=status_of(exc))
+                    results.append(result)
                     if i % YIELD_EVERY == YIELD_EVERY - 1:
                         await asyncio.sleep(0)
         except SigningBusyError as exc:
