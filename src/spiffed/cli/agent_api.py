@@ -155,7 +155,7 @@ def describe_error(exc: WorkloadApiError, socket_path: str) -> str:
     if exc.status is Status.UNAVAILABLE and isinstance(exc.__cause__, OSError):
         reason = exc.__cause__.strerror or str(exc.__cause__)
         desc = (
-            f'connection error: desc = "transport: error while dialing: dial unix '
+            f'connection error: desc = "transport: Error while dialing: dial unix '
             f'{os.path.abspath(socket_path)}: connect: {reason.lower()}"'
         )
         return f"rpc error: code = Unavailable desc = {desc}"
