@@ -21,19 +21,27 @@ HERE = Path(__file__).resolve().parent
 SPIRE_VERSION = "v1.15.3"
 TRUST_DOMAIN = "example.org"
 
+_BUILT: dict[str, Path] = {}
+"""Binaries already built by this process (one test session), by command name."""
+
 
 def build_spire_command(command: str, out_dir: Path) -> Path:
     """``go build`` SPIRE's ``cmd/<command>`` (v1.15.3) into ``out_dir``; fails without Go.
 
     ``command`` is ``spire-server`` or ``spire-agent``; both are pinned by ``tools.go`` and
-    built from this module (cgo on: spire-server needs it for SQLite).
+    built from this module (cgo on: spire-server needs it for SQLite). A binary is built once
+    per test session: later calls copy the first build into ``out_dir``.
     """
+    out = out_dir / command
+    earlier = _BUILT.get(command)
+    if earlier is not None and earlier.exists():
+        shutil.copy2(earlier, out)
+        return out
     go = shutil.which("go") or (
         "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
     )
     if go is None:
         raise AssertionError(f"the Go toolchain is needed to build {command}; install Go")
-    out = out_dir / command
     env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "1"}
     result = subprocess.run(
         [go, "build", "-o", str(out), f"github.com/spiffe/spire/cmd/{command}"],
@@ -46,6 +54,7 @@ def build_spire_command(command: str, out_dir: Path) -> Path:
     )
     if result.returncode != 0:
         raise AssertionError(f"go build of {command} {SPIRE_VERSION} failed:\n{result.stderr}")
+    _BUILT[command] = out
     return out
 
 
