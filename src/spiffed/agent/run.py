@@ -111,8 +111,11 @@ def workload_attestors(config: AgentConfig) -> list[WorkloadAttestor]:
     return out
 
 
-async def _wait_stop_or_fail(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
-    """Return when ``stop`` is set; raise what ``task`` raised if it ends first."""
+async def _wait_stop_or_fail(
+    stop: asyncio.Event, task: asyncio.Task[None], *, may_end: bool = False
+) -> None:
+    """Return when ``stop`` is set or ``task`` ends; raise what ``task`` raised, and (unless
+    ``may_end``) an error when it ended on its own."""
     stopper = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({stopper, task}, return_when=asyncio.FIRST_COMPLETED)
@@ -120,6 +123,8 @@ async def _wait_stop_or_fail(stop: asyncio.Event, task: asyncio.Task[None]) -> N
         stopper.cancel()
     if task.done():
         task.result()  # raises the manager's error
+        if may_end:
+            return
         raise AgentRunError("the agent's sync loop ended")
 
 
@@ -160,7 +165,7 @@ async def serve(
         )
         starting = asyncio.create_task(manager.start())
         try:
-            await _wait_stop_or_fail(stop, starting)
+            await _wait_stop_or_fail(stop, starting, may_end=True)
         except ManagerError as exc:
             raise AgentRunError(f"agent attestation failed: {exc}") from None
         finally:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from spiffed.server.datastore.records import JoinToken, RegistrationEntry, Selector
 from tests.interop.spireserver.server import SpireServer, build_spire_server
 
 
@@ -36,3 +43,100 @@ def short_ttl_spire(spire_server_binary: Path, tmp_path: Path) -> Iterator[Spire
         yield server
     finally:
         server.stop()
+
+
+# --- an in-process spiffed-server ------------------------------------------------------
+
+
+@dataclass
+class SpiffedServer:
+    """A spiffed-server running in the test's event loop (spiffed.server.run.serve)."""
+
+    endpoints: Any
+    port: int
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    @property
+    def datastore(self) -> Any:
+        return self.endpoints._ctx.datastore
+
+    async def generate_token(self) -> str:
+        token = str(uuid.uuid4())
+        await self.datastore.create_join_token(JoinToken(token, int(time.time()) + 600))
+        return token
+
+    async def create_entry(self, parent_id: str, spiffe_id: str, *selectors: str) -> str:
+        sels = tuple(Selector(*s.split(":", 1)) for s in selectors)
+        entry = await self.datastore.create_entry(RegistrationEntry(spiffe_id, parent_id, sels))
+        return str(entry.id)
+
+    async def evict(self, agent_id: str) -> None:
+        await self.datastore.delete_node(agent_id)
+
+
+def spiffed_server_conf(root: Path, *, x509pop_ca: Path | None = None) -> str:
+    from tests.interop.spireserver.server import free_port
+
+    data = root / "data"
+    x509pop = (
+        f'NodeAttestor "x509pop" {{ plugin_data {{ ca_bundle_path = "{x509pop_ca}" }} }}'
+        if x509pop_ca
+        else ""
+    )
+    return f"""
+server {{
+    bind_address = "127.0.0.1"
+    bind_port = "{free_port()}"
+    socket_path = "{root}/private/api.sock"
+    trust_domain = "example.org"
+    data_dir = "{data}"
+    log_level = "WARN"
+}}
+plugins {{
+    DataStore "sql" {{
+        plugin_data {{
+            database_type = "sqlite3"
+            connection_string = "{data}/datastore.sqlite3"
+        }}
+    }}
+    KeyManager "memory" {{ plugin_data {{}} }}
+    {x509pop}
+}}
+"""
+
+
+@contextlib.asynccontextmanager
+async def run_spiffed_server(root: Path, **kwargs: Any) -> AsyncIterator[SpiffedServer]:
+    """Start spiffed.server.run.serve in this loop; stop it on exit."""
+    from spiffed.server.config import parse_server_config
+    from spiffed.server.run import serve
+
+    root.mkdir(parents=True, exist_ok=True)
+    config = parse_server_config(spiffed_server_conf(root, **kwargs))
+    stop = asyncio.Event()
+    ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve(config, stop=stop, on_ready=lambda ep: ready.done() or ready.set_result(ep))
+    )
+    done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()
+    if ready not in done:
+        task.cancel()
+        raise AssertionError("spiffed-server did not start within 30 s")
+    endpoints = ready.result()
+    assert endpoints.tcp_address is not None
+    server = SpiffedServer(endpoints, endpoints.tcp_address[1], stop, task)
+    try:
+        yield server
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+@pytest.fixture
+async def spiffed(tmp_path: Path) -> AsyncIterator[SpiffedServer]:
+    """A running in-process spiffed-server (sqlite, memory key manager)."""
+    async with run_spiffed_server(tmp_path / "spiffed-server") as server:
+        yield server

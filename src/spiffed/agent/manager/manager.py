@@ -106,6 +106,17 @@ _RETRYABLE = (
 """Errors after which the next attempt may succeed (server down, restarting, overloaded)."""
 
 
+_TRANSIENT = frozenset(
+    {Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED, Status.DEADLINE_EXCEEDED, Status.ABORTED}
+)
+"""Statuses of a refused attestation that are worth retrying (rate limited, overloaded)."""
+
+
+def _refused(exc: AttestationError) -> bool:
+    """The server answered and said no (retrying the same attestation cannot help)."""
+    return exc.status is not None and exc.status.status not in _TRANSIENT
+
+
 class ManagerError(Exception):
     """The manager cannot get or keep an identity (attestation or storage failed)."""
 
@@ -554,7 +565,7 @@ class Manager:
         try:
             state = await self._attest()
         except AttestationError as exc:
-            if exc.status is not None:
+            if _refused(exc):
                 raise ManagerError(f"re-attestation refused: {exc}") from None
             raise ServerClientError(str(exc)) from None
         self._set_state(state)
@@ -634,7 +645,7 @@ class Manager:
             try:
                 await self.initialize()
             except (AttestationError, *_RETRYABLE) as exc:
-                if isinstance(exc, AttestationError) and exc.status is not None:
+                if isinstance(exc, AttestationError) and _refused(exc):
                     raise ManagerError(str(exc)) from None  # refused: retrying cannot help
                 delay = self.backoff.next_delay()
                 log.warning("cannot attest yet", error=str(exc), retry_in=round(delay, 2))

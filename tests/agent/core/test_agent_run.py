@@ -1,0 +1,237 @@
+"""spiffed.agent.run.serve in-process against an in-process spiffed-server: Workload API on
+the socket, JWT-SVIDs through NewJWTSVID, propagation through the Watch stream, restart with
+the disk and memory KeyManagers, eviction (join_token stops, x509pop re-attests)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from spiffed.agent.config import AgentConfig, parse_agent_config
+from spiffed.agent.manager.storage import KEY_FILE, SVID_FILE
+from spiffed.agent.run import AgentRunError, RunningAgent, serve
+from spiffed.svid.jwt import JwtSvid
+from spiffed.workloadapi.client import WorkloadApiClient, WorkloadApiError
+from tests.agent.core.conftest import SpiffedServer, run_spiffed_server
+from tests.server.nodeattestor.pki import make_cert
+
+UID_SELECTOR = f"unix:uid:{os.getuid()}"
+
+
+def agent_conf(
+    server_port: int,
+    data_dir: Path,
+    socket_path: Path,
+    *,
+    token: str = "",
+    key_manager: str = "disk",
+    attestor: str = 'NodeAttestor "join_token" { plugin_data {} }',
+    trust: str = "insecure_bootstrap = true",
+) -> AgentConfig:
+    km = (
+        f'KeyManager "disk" {{ plugin_data {{ directory = "{data_dir}" }} }}'
+        if key_manager == "disk"
+        else 'KeyManager "memory" { plugin_data {} }'
+    )
+    token_line = f'join_token = "{token}"' if token else ""
+    return parse_agent_config(f"""
+agent {{
+    trust_domain = "example.org"
+    server_address = "127.0.0.1"
+    server_port = "{server_port}"
+    data_dir = "{data_dir}"
+    socket_path = "{socket_path}"
+    log_level = "DEBUG"
+    {token_line}
+    {trust}
+}}
+plugins {{
+    {attestor}
+    {km}
+    WorkloadAttestor "unix" {{ plugin_data {{}} }}
+}}
+""")
+
+
+def short_dir() -> Path:
+    """A directory with a short path (Unix socket paths are limited to 107 bytes)."""
+    return Path(tempfile.mkdtemp(prefix="sa-", dir="/tmp"))
+
+
+async def wait_until(condition: Callable[[], object], *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def fetch_ids(socket_path: Path, *, want: int = 1, timeout: float = 10) -> list[str]:
+    """The SPIFFE IDs of the caller's X509-SVIDs, once there are ``want`` of them."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            async with WorkloadApiClient(f"unix://{socket_path}", timeout=5) as client:
+                ctx = await client.fetch_x509_context()
+            ids = sorted(str(s.spiffe_id) for s in ctx.svids)
+            if len(ids) >= want:
+                return ids
+        except WorkloadApiError as exc:  # not ready yet / no identity yet
+            last = exc
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {want} X509-SVIDs from {socket_path} in {timeout}s: {last}")
+
+
+@asynccontextmanager
+async def running_agent(
+    config: AgentConfig,
+) -> AsyncIterator[tuple[RunningAgent, asyncio.Task[None]]]:
+    stop = asyncio.Event()
+    ready: asyncio.Future[RunningAgent] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(config, stop=stop, on_ready=ready.set_result))
+    done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()
+    assert ready in done, "the agent did not start"
+    try:
+        yield ready.result(), task
+    finally:
+        stop.set()
+        if not task.done():
+            await asyncio.wait_for(task, timeout=30)
+
+
+async def test_serve_workload_api_jwt_and_watch_propagation(
+    spiffed: SpiffedServer, tmp_path: Path
+) -> None:
+    token = await spiffed.generate_token()
+    agent_id = f"spiffe://example.org/spire/agent/join_token/{token}"
+    await spiffed.create_entry(agent_id, "spiffe://example.org/web", UID_SELECTOR)
+    sock = short_dir() / "public" / "api.sock"
+    config = agent_conf(spiffed.port, tmp_path / "agent", sock, token=token)
+    async with running_agent(config) as (agent, task):
+        assert oct(sock.stat().st_mode & 0o777) == oct(0o777), "every local user may connect"
+        assert await fetch_ids(sock) == ["spiffe://example.org/web"]
+        m = agent.manager
+        assert m.sync_supported is True, "SyncAuthorizedEntries is used"
+        await wait_until(lambda: m.watch_supported, timeout=10, what="the Watch stream")
+
+        # JWT-SVIDs come from the server's NewJWTSVID, signed by its JWT authority
+        async with WorkloadApiClient(f"unix://{sock}") as client:
+            jwt = await client.fetch_jwt_svid("my-audience")
+            bundles = await client.fetch_jwt_bundles()
+        assert str(jwt.spiffe_id) == "spiffe://example.org/web"
+        parsed = JwtSvid.parse_and_validate(jwt.token, bundles, ["my-audience"])
+        assert str(parsed.spiffe_id) == "spiffe://example.org/web"
+
+        # With polling out of the way, only the Watch notification can bring a new entry.
+        m.sync_interval = 3600.0
+        notes = m.notifications
+        await spiffed.create_entry(agent_id, "spiffe://example.org/api", UID_SELECTOR)
+        ids = await fetch_ids(sock, want=2, timeout=10)
+        assert ids == ["spiffe://example.org/api", "spiffe://example.org/web"]
+        assert m.notifications > notes
+        assert not task.done()
+    assert not sock.exists(), "the socket is removed on stop"
+
+
+async def test_disk_key_manager_restart_reuses_the_svid(
+    spiffed: SpiffedServer, tmp_path: Path
+) -> None:
+    token = await spiffed.generate_token()
+    agent_id = f"spiffe://example.org/spire/agent/join_token/{token}"
+    await spiffed.create_entry(agent_id, "spiffe://example.org/web", UID_SELECTOR)
+    sock = short_dir() / "api.sock"
+    config = agent_conf(spiffed.port, tmp_path / "agent", sock, token=token)
+    async with running_agent(config) as (agent, _):
+        assert agent.manager.attestations == 1
+        await fetch_ids(sock)
+    key = tmp_path / "agent" / KEY_FILE
+    assert key.exists() and key.stat().st_mode & 0o777 == 0o600
+    # the token is spent: attesting again would be refused
+    async with running_agent(config) as (agent, _):
+        assert agent.manager.attestations == 0, "the stored SVID is reused"
+        assert await fetch_ids(sock) == ["spiffe://example.org/web"]
+
+
+async def test_memory_key_manager_keeps_nothing_and_restart_attests(
+    spiffed: SpiffedServer, tmp_path: Path
+) -> None:
+    token = await spiffed.generate_token()
+    sock = short_dir() / "api.sock"
+    config = agent_conf(spiffed.port, tmp_path / "agent", sock, token=token, key_manager="memory")
+    async with running_agent(config) as (agent, _):
+        assert agent.manager.attestations == 1
+    assert not (tmp_path / "agent" / KEY_FILE).exists()
+    assert not (tmp_path / "agent" / SVID_FILE).exists()
+    # a restart must attest, and the spent token is refused: the agent stops with the reason
+    with pytest.raises(AgentRunError, match="agent attestation failed: attestation refused"):
+        await serve(config, stop=asyncio.Event())
+    assert not sock.exists()
+
+
+async def test_refused_attestation_stops_the_agent(spiffed: SpiffedServer, tmp_path: Path) -> None:
+    config = agent_conf(spiffed.port, tmp_path / "agent", short_dir() / "api.sock", token="bogus")
+    with pytest.raises(AgentRunError, match="attestation refused: INVALID_ARGUMENT"):
+        await serve(config, stop=asyncio.Event())
+
+
+async def test_evicted_join_token_agent_stops_and_forgets_its_svid(
+    spiffed: SpiffedServer, tmp_path: Path
+) -> None:
+    token = await spiffed.generate_token()
+    agent_id = f"spiffe://example.org/spire/agent/join_token/{token}"
+    sock = short_dir() / "api.sock"
+    config = agent_conf(spiffed.port, tmp_path / "agent", sock, token=token)
+    async with running_agent(config) as (agent, task):
+        agent.manager.sync_interval = 0.1
+        await wait_until(lambda: agent.manager.syncs > 0, timeout=10, what="a first sync")
+        await spiffed.evict(agent_id)
+        await wait_until(task.done, timeout=20, what="the agent to stop")
+        with pytest.raises(AgentRunError, match="agent needs to re-attest"):
+            task.result()
+    assert not (tmp_path / "agent" / SVID_FILE).exists(), "as SPIRE: the SVID is removed"
+    assert not sock.exists()
+
+
+async def test_evicted_x509pop_agent_attests_again(tmp_path: Path) -> None:
+    root = make_cert("node-ca", ca=True)
+    node = make_cert("node", issuer=root)
+    ca_pem = tmp_path / "node-ca.pem"
+    ca_pem.write_bytes(root.cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = tmp_path / "node.key"
+    key_pem.write_bytes(
+        node.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_pem = tmp_path / "node.pem"
+    cert_pem.write_bytes(node.cert.public_bytes(serialization.Encoding.PEM))
+    attestor = (
+        f'NodeAttestor "x509pop" {{ plugin_data {{ private_key_path = "{key_pem}" '
+        f'certificate_path = "{cert_pem}" }} }}'
+    )
+    async with run_spiffed_server(tmp_path / "server", x509pop_ca=ca_pem) as spiffed:
+        sock = short_dir() / "api.sock"
+        config = agent_conf(spiffed.port, tmp_path / "agent", sock, attestor=attestor)
+        async with running_agent(config) as (agent, task):
+            m = agent.manager
+            m.sync_interval = 0.1
+            await wait_until(lambda: m.syncs > 0, timeout=10, what="a first sync")
+            assert m.attestations == 1 and m.can_reattest
+            await spiffed.evict(str(m.svid.spiffe_id))
+            await wait_until(lambda: m.attestations == 2, timeout=20, what="re-attestation")
+            syncs = m.syncs
+            await wait_until(lambda: m.syncs > syncs, timeout=10, what="a sync after it")
+            assert not task.done()
