@@ -77,3 +77,17 @@ async def test_subscribers_wake_after_changes_and_coalesce(ca) -> None:
         assert cache.ready
         await asyncio.wait_for(sub.__anext__(), 5)
     assert not cache._subscriptions, "closing unsubscribes"
+
+
+def test_the_stored_svid_equals_the_given_one_and_stays_valid(ca) -> None:
+    cache = IdentityCache(TD)
+    a = entry("a", "/web", UID)
+    cache.set_entries([a])
+    svid = svid_for(ca, a)
+    cache.set_svid("a", svid)
+    stored = cache.svid("a")
+    assert stored == svid
+    assert stored.marshal_der() == svid.marshal_der()
+    assert X509Svid.parse_der(*stored.marshal_der()).spiffe_id == a.spiffe_id
+    assert X509Svid.from_certificates(stored.cert_chain, stored.private_key) == svid
+    assert cache.identities_for([UID])[0].svid is stored
