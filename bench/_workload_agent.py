@@ -25,6 +25,8 @@ import time
 import tracemalloc
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import wrappers_pb2
 from grpclib.const import Cardinality, Handler
@@ -80,6 +82,8 @@ class _Ca:
         return SpiffeBundle(TD, (self.cert,), {self.jwt_kid: self.jwt_key.public_key()})
 
     def svid(self, spiffe_id: SpiffeId) -> X509Svid:
+        """An SVID as the agent gets one: own key, the leaf parsed from the DER the server
+        sends (as ``spiffed.agent.client.svid_from_proto`` does)."""
         key = ec.generate_private_key(ec.SECP256R1())
         leaf = create_x509_svid(
             spiffe_id,
@@ -88,7 +92,8 @@ class _Ca:
             signer_key=self.key,
             ttl=dt.timedelta(hours=1),
         )
-        return X509Svid.from_certificates([leaf], key)
+        der = leaf.public_bytes(serialization.Encoding.DER)
+        return X509Svid.from_certificates([x509.load_der_x509_certificate(der)], key)
 
     async def mint(self, entry: WorkloadEntry, audience: tuple[str, ...]) -> str:
         now = dt.datetime.now(dt.UTC)
