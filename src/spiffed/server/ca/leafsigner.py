@@ -153,7 +153,7 @@ class LeafSigner:
         self._key = signer_key
         self._not_after = signer_cert.not_valid_after_utc
         self._template = self._make_template()
-        self._validity_memo: tuple[tuple[int, datetime] | None, bytes] = (None, b"")
+        self._validity_memo: tuple[tuple[int, int] | None, bytes] = (None, b"")
 
     def _make_template(self) -> _Template:
         now = datetime.now(UTC)
@@ -257,10 +257,11 @@ class LeafSigner:
         exts = b"".join(e if e is not None else next(varying) for e in t.extensions)
         serial = secrets.randbits(128) | 1
         not_after = min(start + ttl, self._not_after)
-        second = int(start.timestamp())
-        if self._validity_memo[0] != (second, not_after):
+        # X.509 times have whole seconds, so the encoded validity changes once a second.
+        memo_key = (int(start.timestamp()), int(not_after.timestamp()))
+        if self._validity_memo[0] != memo_key:
             validity = _tlv(0x30, _time(start - BACKDATE) + _time(not_after))
-            self._validity_memo = ((second, not_after), validity)
+            self._validity_memo = (memo_key, validity)
         tbs = _tlv(
             0x30,
             t.version
