@@ -216,10 +216,13 @@ async def test_delete(api: Api) -> None:
     assert await api.ds.count_entries() == 0
 
 
-async def test_agent_facing_rpcs_are_unimplemented(api: Api) -> None:
+async def test_agent_facing_rpcs_need_a_caller_id(api: Api) -> None:
+    # The policy admits only agents; a caller without an ID never reaches the handler over
+    # the listeners. Served anyway, the handler refuses (tests/server/api/test_sync.py).
     with pytest.raises(GRPCError) as err:
         await api.entry.GetAuthorizedEntries(E.GetAuthorizedEntriesRequest())
-    assert err.value.status is Status.UNIMPLEMENTED and "agent" in (err.value.message or "")
+    assert err.value.status is Status.INTERNAL
+    assert err.value.message == "caller ID missing from request context"
 
 
 async def test_unexpected_errors_are_internal_without_a_trace(

@@ -1,7 +1,7 @@
 """``spire.api.server.entry.v1.Entry``: registration entries, as SPIRE's entry service.
 
-The agent-facing RPCs (GetAuthorizedEntries, SyncAuthorizedEntries) answer UNIMPLEMENTED
-until the agent API lands.
+The agent-facing RPCs (GetAuthorizedEntries, SyncAuthorizedEntries) answer from the server
+cache (:class:`spiffed.server.cache.ServerCache`), so an agent's sync reads no datastore.
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from spiffed._proto.spire.api.server.entry.v1 import entry_grpc, entry_pb2
 from spiffed._proto.spire.api.types import entry_pb2 as types_entry
 from spiffed._proto.spire.api.types import federateswith_pb2, selector_pb2
 from spiffed.server import datastore as ds
+from spiffed.server.api import current_caller
 from spiffed.server.api.convert import (
     IdKind,
     entry_from_proto,
@@ -32,7 +32,7 @@ from spiffed.server.context import ServerContext
 from spiffed.server.errors import ServerError
 from spiffed.spiffeid import SpiffeIdError, TrustDomain
 
-__all__ = ["EntryService", "MATCH_BEHAVIOR"]
+__all__ = ["ENTRY_PAGE_SIZE", "MATCH_BEHAVIOR", "EntryService", "sync_authorized_entries"]
 
 MATCH_BEHAVIOR = {
     selector_pb2.SelectorMatch.MATCH_EXACT: ds.MatchBehavior.EXACT,
@@ -112,8 +112,9 @@ def _mask(req: Any, name: str = "output_mask") -> types_entry.EntryMask | None:
 class EntryService(entry_grpc.EntryBase):
     """Registration entries over the datastore, with SPIRE's validation and messages."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, *, entry_page_size: int = 0) -> None:
         self._ctx = ctx
+        self._entry_page_size = entry_page_size or ENTRY_PAGE_SIZE
 
     @property
     def _ds(self) -> Any:
@@ -267,16 +268,87 @@ class EntryService(entry_grpc.EntryBase):
             results.append(R(id=entry_id, status=ok_status()))
         await stream.send_message(entry_pb2.BatchDeleteEntryResponse(results=results))
 
+    def _authorized(self) -> list[ds.RegistrationEntry]:
+        """The caller's authorized entries, from the server cache (no datastore read)."""
+        caller = current_caller()
+        if caller.spiffe_id is None:
+            raise ServerError(Status.INTERNAL, "caller ID missing from request context")
+        cache = self._ctx.cache
+        if cache is None:
+            raise ServerError(
+                Status.INTERNAL, "failed to fetch entries: the server's entry cache is not running"
+            )
+        return cache.authorized_entries(caller.spiffe_id)
+
+    @rpc
     async def GetAuthorizedEntries(self, stream: Stream[Any, Any]) -> None:
-        """Not served here: answers UNIMPLEMENTED."""
-        raise GRPCError(
-            Status.UNIMPLEMENTED,
-            "GetAuthorizedEntries is not implemented yet: the agent-facing entry API is pending",
+        """Every entry the calling agent may serve, fields limited by ``output_mask``."""
+        req = await stream.recv_message()
+        assert req is not None
+        mask = _mask(req)
+        entries = self._authorized()
+        await stream.send_message(
+            entry_pb2.GetAuthorizedEntriesResponse(
+                entries=[entry_to_proto(e, mask) for e in entries]
+            )
         )
 
+    @rpc
     async def SyncAuthorizedEntries(self, stream: Stream[Any, Any]) -> None:
-        """Not served here: answers UNIMPLEMENTED."""
-        raise GRPCError(
-            Status.UNIMPLEMENTED,
-            "SyncAuthorizedEntries is not implemented yet: the agent-facing entry API is pending",
+        """SPIRE's sync: all entries at once when they fit in one page; otherwise pages of
+        (id, revision, created_at), then the full entries the agent asks for by ID."""
+        entries = self._authorized()
+        await sync_authorized_entries(stream, entries, self._entry_page_size)
+
+
+ENTRY_PAGE_SIZE = 500
+"""SPIRE's default entry page size for SyncAuthorizedEntries."""
+
+
+async def sync_authorized_entries(
+    stream: Stream[Any, Any], entries: list[ds.RegistrationEntry], page_size: int
+) -> None:
+    """Answer one SyncAuthorizedEntries stream over ``entries`` (SPIRE's protocol)."""
+    R = entry_pb2.SyncAuthorizedEntriesResponse
+    req = await stream.recv_message()
+    if req is None:
+        return  # the agent closed the stream without asking anything
+    if req.ids:
+        raise ServerError(
+            Status.INVALID_ARGUMENT, "specifying IDs on initial request is not supported"
         )
+    mask = _mask(req)
+    if mask is not None and not mask.revision_number:
+        raise ServerError(Status.INVALID_ARGUMENT, "revision number cannot be masked")
+    # The mask of the first request applies to the whole stream; later ones are ignored.
+    if len(entries) <= page_size:
+        await stream.send_message(R(entries=[entry_to_proto(e, mask) for e in entries]))
+        return
+    for start in range(0, len(entries), page_size):
+        page = entries[start : start + page_size]
+        await stream.send_message(
+            R(
+                entry_revisions=[
+                    entry_pb2.EntryRevision(
+                        id=e.id, revision_number=e.revision_number, created_at=e.created_at
+                    )
+                    for e in page
+                ],
+                more=start + page_size < len(entries),
+            )
+        )
+    by_id = {e.id: e for e in entries}
+    while True:
+        req = await stream.recv_message()
+        if req is None:
+            return
+        out: list[types_entry.Entry] = []
+        for entry_id in sorted(req.ids):
+            entry = by_id.get(entry_id)
+            if entry is None:
+                continue
+            if len(out) == page_size:
+                await stream.send_message(R(entries=out, more=True))
+                out = []
+            out.append(entry_to_proto(entry, mask))
+        await stream.send_message(R(entries=out, more=False))
