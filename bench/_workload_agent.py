@@ -8,8 +8,8 @@ select this UID, the others select other UIDs. ``echo`` serves a trivial unary g
 service (``/bench.Echo/Echo``, a ``BytesValue`` sent back) on the same kind of socket.
 
 Prints one JSON line on stdout once serving; stops when stdin closes. With the environment
-variable ``BENCH_TRACEMALLOC=1`` the workload mode traces allocations while building and
-prints the largest sources to stderr.
+variable ``BENCH_TRACEMALLOC=1`` the workload mode traces allocations, prints the largest
+sources to stderr once built, and on each SIGUSR1 the growth since the previous snapshot.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import gc
 import json
 import os
 import resource
+import signal
 import sys
 import time
 import tracemalloc
@@ -162,12 +163,21 @@ async def serve_workload(socket: str, entries: int, mine: int) -> None:
     server = await start_workload_api(service, socket)
     gc.collect()
     if trace:
-        snapshot = tracemalloc.take_snapshot()
+        snapshots = [tracemalloc.take_snapshot()]
         current, _ = tracemalloc.get_traced_memory()
         print(f"traced: {current / 2**20:.1f} MiB", file=sys.stderr)
-        for stat in snapshot.statistics("lineno")[:20]:
+        for stat in snapshots[0].statistics("lineno")[:20]:
             print(stat, file=sys.stderr)
-        tracemalloc.stop()
+
+        def growth() -> None:
+            gc.collect()
+            snapshots.append(tracemalloc.take_snapshot())
+            current, _ = tracemalloc.get_traced_memory()
+            print(f"traced: {current / 2**20:.1f} MiB; growth:", file=sys.stderr)
+            for stat in snapshots[-1].compare_to(snapshots[-2], "lineno")[:25]:
+                print(stat, file=sys.stderr)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, growth)
     print(json.dumps({"pid": os.getpid(), "entries": len(cache.entries()), "build_s": built}))
     sys.stdout.flush()
     try:

@@ -10,6 +10,12 @@ Latency, with 1 client and with 100 concurrent clients (each calling in a loop):
 opening the stream to its first message; beside the echo's round trip in the same run, and
 as ratios to it. Every Workload API call attests the caller (SO_PEERCRED, pidfd, /proc).
 
+"srv CPU" is the server process's CPU time per call (from /proc/<pid>/stat over the timed
+calls): what the call costs the agent whatever the client side does. All clients share this
+one process, so with 100 clients it is the client process that saturates first and the
+latencies include its queueing (the echo's as much as the Workload API's). The agent's
+per-UID rate limit is lifted for the run (every client here is one UID).
+
 Memory: the agent's resident set (VmRSS) after start with 10,000 entries (target <= 150 MiB)
 and with 1,000 FetchX509SVID streams open (1,000 connections, each with one stream).
 """
