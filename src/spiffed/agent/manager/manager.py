@@ -221,6 +221,8 @@ class Manager:
     """Whether the server has spiffed's Watch extension (None: not known yet)."""
     notifications: int = 0
     """Watch notifications received."""
+    last_fetched: int = 0
+    """Full entries the last entry sync received (fewer than its entries when sparse)."""
     _state: AgentState | None = None
     _synced: dict[str, WorkloadEntry] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -403,6 +405,7 @@ class Manager:
         )
         entries = self._parse_entries(resp.entries)
         self._synced = {e.id: e for e in entries}
+        self.last_fetched = len(resp.entries)
         return entries
 
     @staticmethod
@@ -448,6 +451,7 @@ class Manager:
             if not complete:  # only closing a finished exchange may fail
                 raise
         fetched = self._parse_entries(full)
+        self.last_fetched = len(full)
         if revisions:
             merged = {e.id: e for e in fetched}
             entries = []
