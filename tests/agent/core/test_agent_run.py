@@ -5,25 +5,40 @@ the disk and memory KeyManagers, eviction (join_token stops, x509pop re-attests)
 from __future__ import annotations
 
 import asyncio
+import http.server
+import ipaddress
 import os
+import ssl
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from spiffed.agent.attest import fetch_bundle
+from spiffed.agent.cache import IdentityCache
+from spiffed.agent.client import ServerChannel, ServerClientError, fetch_bootstrap_bundle
 from spiffed.agent.config import AgentConfig, parse_agent_config
+from spiffed.agent.manager.run import build_manager
 from spiffed.agent.manager.storage import KEY_FILE, SVID_FILE
 from spiffed.agent.run import AgentRunError, RunningAgent, serve
+from spiffed.bundle import SpiffeBundle, X509Bundle
+from spiffed.spiffeid import TrustDomain
 from spiffed.svid.jwt import JwtSvid
 from spiffed.workloadapi.client import WorkloadApiClient, WorkloadApiError
 from tests.agent.core.conftest import SpiffedServer, run_spiffed_server
 from tests.server.nodeattestor.pki import make_cert
 
 UID_SELECTOR = f"unix:uid:{os.getuid()}"
+TD = TrustDomain("example.org")
 
 
 def agent_conf(
@@ -235,3 +250,109 @@ async def test_evicted_x509pop_agent_attests_again(tmp_path: Path) -> None:
             syncs = m.syncs
             await wait_until(lambda: m.syncs > syncs, timeout=10, what="a sync after it")
             assert not task.done()
+
+
+# --- trust_bundle_url -------------------------------------------------------------------
+
+
+@contextmanager
+def https_server(tmp_path: Path, routes: dict[str, bytes]) -> Iterator[tuple[str, ssl.SSLContext]]:
+    """A local HTTPS server answering GET ``routes`` (404 otherwise); yields its base URL and
+    a client context trusting its self-signed certificate."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bundle-host")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = tmp_path / "https.crt"
+    key_pem = tmp_path / "https.key"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = routes.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert_pem, key_pem)
+    httpd.socket = server_ctx.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    client_ctx = ssl.create_default_context(cafile=str(cert_pem))
+    try:
+        yield f"https://127.0.0.1:{httpd.server_address[1]}", client_ctx
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+async def server_bundle(spiffed: SpiffedServer) -> SpiffeBundle:
+    channel = ServerChannel("127.0.0.1", spiffed.port, trust_domain=TD, roots=None)
+    try:
+        return await fetch_bundle(channel, TD)
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize("fmt", ["pem", "spiffe"])
+async def test_trust_bundle_url_bootstraps_attestation(
+    spiffed: SpiffedServer, tmp_path: Path, fmt: str
+) -> None:
+    bundle = await server_bundle(spiffed)
+    body = (
+        X509Bundle(TD, bundle.x509_authorities).marshal_pem()
+        if fmt == "pem"
+        else (bundle.marshal())
+    )
+    with https_server(tmp_path, {"/bundle": body}) as (base, client_ctx):
+        config = agent_conf(
+            spiffed.port,
+            tmp_path / "agent",
+            short_dir() / "api.sock",
+            token=await spiffed.generate_token(),
+            trust=f'trust_bundle_url = "{base}/bundle"\ntrust_bundle_format = "{fmt}"',
+        )
+        m = build_manager(config, IdentityCache(TD))
+        m.bootstrap_ssl = client_ctx
+        await m.initialize()
+    assert m.attestations == 1
+    assert m.bundle.x509_authorities == bundle.x509_authorities
+
+
+async def test_trust_bundle_url_errors_are_clear(tmp_path: Path) -> None:
+    with https_server(tmp_path, {"/empty": b""}) as (base, client_ctx):
+        with pytest.raises(ServerClientError, match="HTTP status 404"):
+            fetch_bootstrap_bundle(f"{base}/missing", "pem", TD, ssl_context=client_ctx)
+        with pytest.raises(ServerClientError, match="no certificates"):
+            fetch_bootstrap_bundle(f"{base}/empty", "pem", TD, ssl_context=client_ctx)
+        # without trusting the self-signed certificate the download is refused
+        with pytest.raises(ServerClientError, match="CERTIFICATE_VERIFY_FAILED"):
+            fetch_bootstrap_bundle(f"{base}/empty", "pem", TD)
+    with pytest.raises(ServerClientError, match="must start with https://"):
+        fetch_bootstrap_bundle("http://127.0.0.1/bundle", "pem", TD)
