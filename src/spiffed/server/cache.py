@@ -38,7 +38,6 @@ __all__ = ["ServerCache"]
 log = structlog.get_logger(__name__)
 
 _EVENT_BATCH = 1000
-_NEGATIVE_LIMIT = 10_000
 COALESCE_SECONDS = 0.05
 """Changes this close together reach a watcher as one notification."""
 
@@ -94,7 +93,6 @@ class ServerCache:
         self._index: AuthorizedEntryIndex[_Indexed] = AuthorizedEntryIndex(trust_domain)
         self._entries: dict[str, RegistrationEntry] = {}
         self._nodes: dict[str, AttestedNode] = {}
-        self._absent_nodes: set[str] = set()
         self._node_generation = 0
         self._revision = 0
         self._apply_lock = asyncio.Lock()
@@ -203,7 +201,6 @@ class ServerCache:
 
     async def _reload_node(self, agent_id: str) -> None:
         self._node_generation += 1
-        self._absent_nodes.discard(agent_id)
         try:
             node = await self.datastore.get_node(agent_id)
         except NotFoundError:
@@ -226,7 +223,6 @@ class ServerCache:
 
     def _put_node(self, node: AttestedNode) -> None:
         self._nodes[node.spiffe_id] = node
-        self._absent_nodes.discard(node.spiffe_id)
         agent = self._parse_agent(node.spiffe_id)
         if agent is not None:
             self._index.set_agent(agent, cast(Iterable[IndexSelector], node.selectors))
@@ -290,29 +286,24 @@ class ServerCache:
     async def node(self, agent_id: SpiffeId) -> AttestedNode | None:
         """The attested node, from memory; read from the datastore only when not cached.
 
-        A node attested a moment ago (its event not applied yet) is read once and remembered;
-        a node the datastore does not have is remembered as absent until an event names it.
+        A node attested a moment ago (its event not applied yet) is read once and
+        remembered. A node the datastore does not have is read each time (as SPIRE): it was
+        maybe attested by another server a moment ago, and only a holder of an SVID signed
+        by this trust domain gets this far.
         """
         key = str(agent_id)
         node = self._nodes.get(key)
         if node is not None:
             return node
-        if key in self._absent_nodes:
-            return None
         generation = self._node_generation
         try:
-            node = await self.datastore.get_node(key)
+            found: AttestedNode = await self.datastore.get_node(key)
         except NotFoundError:
-            node = None
+            return None
         if generation == self._node_generation:
             # No node event was applied meanwhile, so what was read is not older than memory.
-            if node is None:
-                if len(self._absent_nodes) >= _NEGATIVE_LIMIT:
-                    self._absent_nodes.clear()
-                self._absent_nodes.add(key)
-            else:
-                self._put_node(node)
-            return node
+            self._put_node(found)
+            return found
         return self._nodes.get(key)
 
     def cached_node(self, agent_id: SpiffeId) -> AttestedNode | None:

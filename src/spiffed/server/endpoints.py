@@ -19,6 +19,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -286,7 +287,7 @@ class Endpoints:
     async def _roles(
         self, spiffe_id: SpiffeId, leaf: x509.Certificate, wanted: frozenset[Role]
     ) -> set[Role]:
-        from spiffed.server.datastore import EntryFilter, NotFoundError
+        from spiffed.server.datastore import EntryFilter
 
         ds = self._ctx.datastore
         roles: set[Role] = set()
@@ -302,19 +303,66 @@ class Endpoints:
             page = await ds.list_entries(EntryFilter(by_spiffe_id=sid, by_downstream=True))
             if page.items:
                 roles.add(Role.DOWNSTREAM)
-        if Role.AGENT in wanted and spiffe_id.trust_domain == self._ctx.trust_domain:
+        if (
+            Role.AGENT in wanted
+            and spiffe_id.trust_domain == self._ctx.trust_domain
+            and await self._is_active_agent(spiffe_id, leaf)
+        ):
+            roles.add(Role.AGENT)
+        return roles
+
+    async def _is_active_agent(self, spiffe_id: SpiffeId, leaf: x509.Certificate) -> bool:
+        """SPIRE's agent check: attested, not banned (no current serial), SVID unexpired,
+        and its serial is the node's current one, or the new one, which is then made current
+        (the agent has switched to its renewed SVID)."""
+        from spiffed.server.datastore import NotFoundError
+
+        if leaf.not_valid_after_utc <= datetime.now(UTC):
+            return False
+        cache = self._ctx.cache
+        sid = str(spiffe_id)
+        if cache is not None:
+            node = await cache.node(spiffe_id)
+            if node is not None and not (
+                _serial_matches(leaf.serial_number, node.cert_serial_number)
+                or _serial_matches(leaf.serial_number, node.new_cert_serial_number)
+            ):
+                # Maybe renewed a moment ago (by us or another server): catch up, look again.
+                await cache.refresh()
+                node = await cache.node(spiffe_id)
+        else:
             try:
-                node = await ds.get_node(sid)
+                node = await self._ctx.datastore.get_node(sid)
             except NotFoundError:
                 node = None
-            if (
-                node is not None
-                and node.cert_serial_number
-                and leaf.not_valid_after_utc > datetime.now(UTC)
-                and (
-                    _serial_matches(leaf.serial_number, node.cert_serial_number)
-                    or _serial_matches(leaf.serial_number, node.new_cert_serial_number)
-                )
-            ):
-                roles.add(Role.AGENT)
-        return roles
+        if node is None or not node.cert_serial_number:
+            return False
+        if _serial_matches(leaf.serial_number, node.cert_serial_number):
+            return True
+        if not _serial_matches(leaf.serial_number, node.new_cert_serial_number):
+            return False
+        promoted = replace(
+            node,
+            cert_serial_number=node.new_cert_serial_number,
+            cert_not_after=node.new_cert_not_after,
+            new_cert_serial_number="",
+            new_cert_not_after=0,
+        )
+        try:
+            await self._ctx.datastore.update_node(
+                promoted,
+                [
+                    "cert_serial_number",
+                    "cert_not_after",
+                    "new_cert_serial_number",
+                    "new_cert_not_after",
+                ],
+            )
+        except Exception as exc:
+            _log.warning("Unable to activate the new agent SVID", agent=sid, error=str(exc))
+            raise GRPCError(
+                Status.INTERNAL, f"unable to activate the new agent SVID: {exc}"
+            ) from None
+        if cache is not None:
+            await cache.refresh()
+        return True

@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from spiffed.server.ca.manager import CaManager, CaSettings, UpstreamAuthority
+from spiffed.server.cache import ServerCache
 from spiffed.server.config import ServerConfig
 from spiffed.server.context import ServerContext
 from spiffed.server.endpoints import Endpoints
@@ -156,6 +157,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     td = config.trust_domain
     datastore = await _open_datastore(config)
+    cache: ServerCache | None = None
     try:
         try:
             km = create_key_manager(config.key_manager.name, dict(config.key_manager.options))
@@ -176,6 +178,10 @@ async def serve(
         await ca.start()
         svid = ServerSvid(ca)
         svid.rotate(force=True)
+        cache = ServerCache(
+            datastore, td, poll_interval=_interval("SPIFFED_CACHE_POLL_INTERVAL", 1.0)
+        )
+        await cache.start()
         ctx = ServerContext(
             trust_domain=td,
             datastore=datastore,
@@ -183,6 +189,7 @@ async def serve(
             server_svid=svid,
             admin_ids=frozenset(config.admin_ids),
             config=config,
+            cache=cache,
         )
         endpoints = Endpoints(
             ctx,
@@ -195,6 +202,7 @@ async def serve(
 
         async def bundle_changed() -> None:
             endpoints.set_bundle(await store.get_bundle())
+            cache.bundle_changed()
 
         ca.on_bundle_change(bundle_changed)
         svid.on_rotate(endpoints.set_svid)
@@ -212,8 +220,11 @@ async def serve(
             await _rotation_loop(ca, svid, stop, log)
         finally:
             log.info("Stopping Server APIs")
+            await cache.stop()  # ends agents' watch streams before the graceful stop
             await endpoints.stop()
     finally:
+        if cache is not None:
+            await cache.stop()
         await datastore.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

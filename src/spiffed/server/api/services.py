@@ -9,13 +9,14 @@ from spiffed.server.api.entry import EntryService
 from spiffed.server.api.localauthority import LocalAuthorityService
 from spiffed.server.api.logger import LoggerService
 from spiffed.server.api.svid import SvidService
+from spiffed.server.api.watch import WatchService
 from spiffed.server.context import ServerContext
 
 __all__ = ["build_services"]
 
 
 def build_services(ctx: ServerContext) -> list[object]:
-    """The agent, bundle, entry, SVID, local authority, debug and logger services."""
+    """The agent, bundle, entry, SVID, local authority, debug, logger and watch services."""
     return [
         AgentService(ctx),
         BundleService(ctx),
@@ -24,4 +25,5 @@ def build_services(ctx: ServerContext) -> list[object]:
         LocalAuthorityService(ctx),
         DebugService(ctx),
         LoggerService(),
+        WatchService(ctx),
     ]
