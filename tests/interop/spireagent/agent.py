@@ -221,12 +221,14 @@ plugins {{
         def healthy() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise AssertionError(
-                    f"spire-agent exited with {self.process.returncode}:\n{self.log()}\n"
-                    f"--- server log (tail) ---\n{self.server.log()[-6000:]}"
+                    f"spire-agent exited with {self.process.returncode}:\n{self.logs()}"
                 )
             return self.cli("healthcheck").returncode == 0
 
-        wait_for(healthy, timeout=timeout, what="spire-agent healthcheck", interval=0.2)
+        try:
+            wait_for(healthy, timeout=timeout, what="spire-agent healthcheck", interval=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -238,6 +240,14 @@ plugins {{
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def logs(self) -> str:
+        """The agent's log (without debug lines) and the end of the server's, for failures."""
+        agent = "\n".join(line for line in self.log().splitlines() if "level=debug" not in line)
+        return (
+            f"--- spire-agent log ---\n{agent[-8000:]}\n"
+            f"--- server log (end) ---\n{self.server.log()[-6000:]}"
+        )
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``spire-agent <args...> -socketPath <ours>``."""
