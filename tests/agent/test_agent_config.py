@@ -118,3 +118,16 @@ def test_validate_reports_errors_on_stderr_with_exit_1(tmp_path: Path) -> None:
 def test_missing_file_is_named() -> None:
     with pytest.raises(ConfigError, match="could not find config file"):
         load_agent_config("/nonexistent/agent.conf", {})
+
+
+def test_experimental_sync_interval(tmp_path: Path) -> None:
+    assert parse_agent_config(MINIMAL, cwd=tmp_path).sync_interval == 5.0  # SPIRE's default
+    text = MINIMAL.replace(
+        "insecure_bootstrap = true",
+        'insecure_bootstrap = true\n experimental { sync_interval = "250ms" }',
+    )
+    assert parse_agent_config(text, cwd=tmp_path).sync_interval == 0.25
+    with pytest.raises(ConfigError, match="sync_interval must be positive"):
+        parse_agent_config(text.replace("250ms", "0s"), cwd=tmp_path)
+    with pytest.raises(ConfigError, match=r"agent\.experimental\.bogus"):
+        parse_agent_config(text.replace("sync_interval", "bogus"), cwd=tmp_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from spiffed.config import (
@@ -44,6 +45,17 @@ _SDS_KEYS = (
         default="ALL"),
     Key("disable_spiffe_cert_validation", Kind.BOOL, "Hand Envoy plain bundles.",
         default=False),
+)  # fmt: skip
+
+_EXPERIMENTAL_KEYS = (
+    Key("sync_interval", Kind.DURATION, "How often the agent syncs with the server.",
+        default="5s"),
+    Key("use_sync_authorized_entries", Kind.BOOL,
+        "Sync with SyncAuthorizedEntries (deprecated in SPIRE: always on).", default=True),
+    Key("named_pipe_name", Kind.STRING, "Windows named pipe of the Workload API.",
+        supported=False),
+    Key("require_pq_kem", Kind.BOOL, "Require post-quantum key exchange.", default=False,
+        supported=False),
 )  # fmt: skip
 
 AGENT_KEYS: tuple[Key, ...] = (
@@ -95,7 +107,7 @@ AGENT_KEYS: tuple[Key, ...] = (
     Key("rebootstrap_delay", Kind.STRING, "Delay before re-bootstrapping.", supported=False),
     Key("availability_target", Kind.STRING, "Minimum SVID lifetime to keep.",
         supported=False),
-    Key("experimental", Kind.BLOCK, "Experimental settings.", supported=False),
+    Key("experimental", Kind.BLOCK, "Experimental settings.", keys=_EXPERIMENTAL_KEYS),
     Key("profiling_enabled", Kind.BOOL, "Go pprof endpoint.", default=False, supported=False),
     Key("profiling_port", Kind.INT, "Go pprof port.", default=0, supported=False),
     Key("profiling_freq", Kind.INT, "Go pprof frequency.", default=0, supported=False),
@@ -199,6 +211,9 @@ class AgentConfig:
     log_file: Path | None = None
     log_source_location: bool = False
     log_selectors: bool = False
+    sync_interval: float = 5.0
+    """``experimental.sync_interval`` in seconds (SPIRE's default 5 s)."""
+    use_sync_authorized_entries: bool = True
 
 
 def _strs(value: object) -> tuple[str, ...]:
@@ -251,6 +266,11 @@ def _build(root: Decoded, plugins: dict[str, list[PluginConfig]], cwd: Path) -> 
         if not isinstance(value, int) or value < 0:
             raise agent.error(key, f"{key} should not be negative")
     sds = agent.block("sds").values
+    exp = agent.block("experimental").values
+    sync_interval = exp["sync_interval"]
+    seconds = sync_interval.total_seconds() if isinstance(sync_interval, timedelta) else 5.0
+    if seconds <= 0:
+        raise agent.error("experimental", "experimental.sync_interval must be positive")
     log_level = str(v["log_level"])
     log_file = v["log_file"]
     return AgentConfig(
@@ -281,6 +301,8 @@ def _build(root: Decoded, plugins: dict[str, list[PluginConfig]], cwd: Path) -> 
         log_file=log_file if isinstance(log_file, Path) else None,
         log_source_location=bool(v["log_source_location"]),
         log_selectors=bool(v["log_selectors"]),
+        sync_interval=seconds,
+        use_sync_authorized_entries=bool(exp["use_sync_authorized_entries"]),
     )
 
 

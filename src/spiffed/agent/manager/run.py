@@ -70,7 +70,10 @@ def build_manager(config: AgentConfig, cache: IdentityCache | None = None) -> Ma
         bootstrap_format=config.trust_bundle_format,
         persist=persist,
         key_dir=key_dir,
+        sync_interval=config.sync_interval,
     )
+    if not config.use_sync_authorized_entries:
+        manager.sync_supported = False
     if not persist and not manager.can_reattest:
         log.warning(
             'KeyManager "memory" keeps no key across restarts: a restarted agent must attest '
