@@ -27,6 +27,7 @@ from spiffed.agent.attest import fetch_bundle
 from spiffed.agent.cache import IdentityCache
 from spiffed.agent.client import ServerChannel, ServerClientError, fetch_bootstrap_bundle
 from spiffed.agent.config import AgentConfig, parse_agent_config
+from spiffed.agent.manager import Manager, SyncResult
 from spiffed.agent.manager.run import build_manager
 from spiffed.agent.manager.storage import KEY_FILE, SVID_FILE
 from spiffed.agent.run import AgentRunError, RunningAgent, serve
@@ -218,7 +219,8 @@ async def test_evicted_join_token_agent_stops_and_forgets_its_svid(
     assert not sock.exists()
 
 
-async def test_evicted_x509pop_agent_attests_again(tmp_path: Path) -> None:
+def x509pop_files(tmp_path: Path) -> tuple[Path, str]:
+    """A node CA file for the server and the agent's x509pop NodeAttestor block."""
     root = make_cert("node-ca", ca=True)
     node = make_cert("node", issuer=root)
     ca_pem = tmp_path / "node-ca.pem"
@@ -237,6 +239,11 @@ async def test_evicted_x509pop_agent_attests_again(tmp_path: Path) -> None:
         f'NodeAttestor "x509pop" {{ plugin_data {{ private_key_path = "{key_pem}" '
         f'certificate_path = "{cert_pem}" }} }}'
     )
+    return ca_pem, attestor
+
+
+async def test_evicted_x509pop_agent_attests_again(tmp_path: Path) -> None:
+    ca_pem, attestor = x509pop_files(tmp_path)
     async with run_spiffed_server(tmp_path / "server", x509pop_ca=ca_pem) as spiffed:
         sock = short_dir() / "api.sock"
         config = agent_conf(spiffed.port, tmp_path / "agent", sock, attestor=attestor)
@@ -356,3 +363,42 @@ async def test_trust_bundle_url_errors_are_clear(tmp_path: Path) -> None:
             fetch_bootstrap_bundle(f"{base}/empty", "pem", TD)
     with pytest.raises(ServerClientError, match="must start with https://"):
         fetch_bootstrap_bundle("http://127.0.0.1/bundle", "pem", TD)
+
+
+async def sync_until_ok(m: Manager, *, timeout: float = 10) -> SyncResult:
+    """sync_once, retried while the server pushes back (attestation is limited to 1/s/IP)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await m.sync_once()
+        except ServerClientError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def test_at_renewal_time_x509pop_reattests_and_join_token_renews(tmp_path: Path) -> None:
+    ca_pem, attestor = x509pop_files(tmp_path)
+    async with run_spiffed_server(tmp_path / "server", x509pop_ca=ca_pem) as spiffed:
+        pop = build_manager(
+            agent_conf(spiffed.port, tmp_path / "pop", short_dir() / "a.sock", attestor=attestor),
+            IdentityCache(TD),
+        )
+        joined = build_manager(
+            agent_conf(
+                spiffed.port,
+                tmp_path / "jt",
+                short_dir() / "a.sock",
+                token=await spiffed.generate_token(),
+            ),
+            IdentityCache(TD),
+        )
+        for m in (pop, joined):
+            await m.start()  # retried while attestation is rate limited
+            before = m.svid.leaf.serial_number
+            m._agent_renew_at = datetime.now(UTC) - timedelta(seconds=1)  # past half-life
+            result = await sync_until_ok(m)
+            assert result.agent_renewed
+            assert m.svid.leaf.serial_number != before
+        assert pop.attestations == 2, "a re-attestable agent attests again (SPIRE)"
+        assert joined.attestations == 1, "a join_token agent calls RenewAgent"
