@@ -305,3 +305,21 @@ async def test_spire_page_size_500_boundary(api: Api) -> None:
         cache._drop_entry("id-0500")
         [resp] = await sync(env, E.SyncAuthorizedEntriesRequest())
         assert len(resp.entries) == 500 and not resp.entry_revisions
+
+
+async def test_entry_messages_are_reused_until_the_entry_changes(env: Env) -> None:
+    [e] = await make_entries(env.api, 1)
+    before = await env.stub.GetAuthorizedEntries(E.GetAuthorizedEntriesRequest())
+    assert [x.spiffe_id.path for x in before.entries] == ["/w0"]
+    await env.api.ds.update_entry(
+        RegistrationEntry("spiffe://example.org/changed", AGENT, e.selectors, id=e.id),
+        ["spiffe_id"],
+    )
+    await env.api.ctx.cache.refresh()  # type: ignore[union-attr]
+    after = await env.stub.GetAuthorizedEntries(E.GetAuthorizedEntriesRequest())
+    assert [x.spiffe_id.path for x in after.entries] == ["/changed"]
+    assert after.entries[0].revision_number == before.entries[0].revision_number + 1
+    masked = await env.stub.GetAuthorizedEntries(
+        E.GetAuthorizedEntriesRequest(output_mask=T.EntryMask(hint=True))
+    )
+    assert not masked.entries[0].HasField("spiffe_id")
