@@ -273,3 +273,63 @@ async def test_watch_yields_now_then_on_change(ds: DataStore, cache: ServerCache
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(pending, 5)
     assert cache.watchers == 0
+
+
+async def test_full_reload_repairs_what_events_missed(ds: DataStore, cache: ServerCache) -> None:
+    await ds.create_node(node(AGENT, NODE_SEL))
+    kept = await ds.create_entry(entry("spiffe://example.org/kept", AGENT))
+    lost = await ds.create_entry(entry("spiffe://example.org/lost", AGENT))
+    await cache.refresh()
+    kept_object = cache.entry(kept.id)
+    # Damage the memory as a lost event would.
+    cache._drop_entry(lost.id)
+    cache._put_entry(entry("spiffe://example.org/phantom", AGENT, id="phantom"))
+    cache._drop_node(AGENT)
+    stream = cache.watch(sid(AGENT))
+    assert await anext(stream) == cache.revision
+    pending = asyncio.ensure_future(anext(stream))
+    await cache.reload()
+    assert ids(cache.authorized_entries(sid(AGENT))) == {
+        "spiffe://example.org/kept",
+        "spiffe://example.org/lost",
+    }
+    assert cache.entry("phantom") is None
+    assert cache.cached_node(sid(AGENT)) is not None
+    assert cache.entry(kept.id) is kept_object  # unchanged entries keep their object
+    assert await asyncio.wait_for(pending, 5) == cache.revision  # watchers were told
+    await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_follower_reloads_every_full_reload_interval(ds: DataStore) -> None:
+    c = ServerCache(ds, TD, poll_interval=0.01, full_reload_interval=0)
+    await c.start()
+    try:
+        e = await ds.create_entry(entry("spiffe://example.org/w1", AGENT))
+        await c.refresh()
+        c._drop_entry(e.id)  # no event will bring it back; only a full reload
+        await wait_until(lambda: c.entry(e.id) is not None)
+    finally:
+        await c.stop()
+
+
+async def test_start_failure_leaves_cache_stopped(
+    ds: DataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("database is down")
+
+    monkeypatch.setattr(ds, "list_entries", broken)
+    c = ServerCache(ds, TD)
+    with pytest.raises(RuntimeError, match="database is down"):
+        await c.start()
+    assert c._task is None and not c._started
+    monkeypatch.undo()
+    calls: list[int] = []
+    ds.add_commit_listener(lambda: calls.append(1))
+    await ds.create_entry(entry("spiffe://example.org/w1", AGENT))
+    assert calls == [1]  # only ours: the failed cache's listener was removed
+    await c.start()  # and it can start once the database is back
+    try:
+        assert len(c.entries()) == 1
+    finally:
+        await c.stop()
