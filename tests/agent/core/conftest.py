@@ -75,7 +75,9 @@ class SpiffedServer:
         await self.datastore.delete_node(agent_id)
 
 
-def spiffed_server_conf(root: Path, *, x509pop_ca: Path | None = None) -> str:
+def spiffed_server_conf(
+    root: Path, *, x509pop_ca: Path | None = None, port: int = 0, key_manager: str = "memory"
+) -> str:
     from tests.interop.spireserver.server import free_port
 
     data = root / "data"
@@ -84,10 +86,15 @@ def spiffed_server_conf(root: Path, *, x509pop_ca: Path | None = None) -> str:
         if x509pop_ca
         else ""
     )
+    km = (
+        f'KeyManager "disk" {{ plugin_data {{ keys_path = "{data}/keys.json" }} }}'
+        if key_manager == "disk"
+        else 'KeyManager "memory" { plugin_data {} }'
+    )
     return f"""
 server {{
     bind_address = "127.0.0.1"
-    bind_port = "{free_port()}"
+    bind_port = "{port or free_port()}"
     socket_path = "{root}/private/api.sock"
     trust_domain = "example.org"
     data_dir = "{data}"
@@ -100,7 +107,7 @@ plugins {{
             connection_string = "{data}/datastore.sqlite3"
         }}
     }}
-    KeyManager "memory" {{ plugin_data {{}} }}
+    {km}
     {x509pop}
 }}
 """

@@ -31,11 +31,13 @@ from spiffed.agent.manager import Manager, SyncResult
 from spiffed.agent.manager.run import build_manager
 from spiffed.agent.manager.storage import KEY_FILE, SVID_FILE
 from spiffed.agent.run import AgentRunError, RunningAgent, serve
+from spiffed.backoff import Backoff
 from spiffed.bundle import SpiffeBundle, X509Bundle
 from spiffed.spiffeid import TrustDomain
 from spiffed.svid.jwt import JwtSvid
 from spiffed.workloadapi.client import WorkloadApiClient, WorkloadApiError
 from tests.agent.core.conftest import SpiffedServer, run_spiffed_server
+from tests.interop.spireserver.server import free_port
 from tests.server.nodeattestor.pki import make_cert
 
 UID_SELECTOR = f"unix:uid:{os.getuid()}"
@@ -402,3 +404,38 @@ async def test_at_renewal_time_x509pop_reattests_and_join_token_renews(tmp_path:
             assert m.svid.leaf.serial_number != before
         assert pop.attestations == 2, "a re-attestable agent attests again (SPIRE)"
         assert joined.attestations == 1, "a join_token agent calls RenewAgent"
+
+
+async def test_server_down_keeps_serving_then_reconnects_and_watches_again(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "server"
+    port = free_port()
+    sock = short_dir() / "api.sock"
+    async with run_spiffed_server(root, port=port, key_manager="disk") as spiffed:
+        token = await spiffed.generate_token()
+        agent_id = f"spiffe://example.org/spire/agent/join_token/{token}"
+        await spiffed.create_entry(agent_id, "spiffe://example.org/web", UID_SELECTOR)
+        config = agent_conf(port, tmp_path / "agent", sock, token=token)
+        async with running_agent(config) as (agent, task):
+            m = agent.manager
+            m.sync_interval = 3600.0  # only the Watch stream (or a failure) starts a sync
+            m.backoff = Backoff(initial=0.05, maximum=0.2)
+            assert await fetch_ids(sock) == ["spiffe://example.org/web"]
+            await wait_until(lambda: m.watch_supported, timeout=10, what="the Watch stream")
+            spiffed.stop.set()
+            await asyncio.wait_for(spiffed.task, timeout=30)
+            m.wake()
+            await wait_until(lambda: m.failures >= 2, timeout=20, what="failed syncs")
+            assert await fetch_ids(sock) == ["spiffe://example.org/web"], "cached SVID served"
+
+            async with run_spiffed_server(root, port=port, key_manager="disk") as again:
+                notes = m.notifications
+                await wait_until(
+                    lambda: m.notifications > notes, timeout=20, what="the Watch reconnecting"
+                )
+                await again.create_entry(agent_id, "spiffe://example.org/api", UID_SELECTOR)
+                ids = await fetch_ids(sock, want=2, timeout=10)
+                assert ids == ["spiffe://example.org/api", "spiffe://example.org/web"]
+                assert m.failures == 0 and m.attestations == 1
+                assert not task.done()

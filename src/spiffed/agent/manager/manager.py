@@ -682,6 +682,18 @@ class Manager:
         agent must stop (attestation refused, evicted without a way to re-attest, banned)."""
         await self.start()
         watcher = asyncio.create_task(self._watch()) if self.use_watch else None
+
+        async def restart_watch() -> None:
+            # A failed sync means the watch stream's connection is likely dead too, and a
+            # connection whose peer vanished without closing it would never report that.
+            nonlocal watcher
+            if watcher is None or (watcher.done() and self.watch_supported is False):
+                return
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            watcher = asyncio.create_task(self._watch())
+
         try:
             while True:
                 try:
@@ -697,6 +709,7 @@ class Manager:
                     self.failures += 1
                     delay = self.backoff.next_delay()
                     log.warning("sync failed", error=str(exc), retry_in=round(delay, 2))
+                    await restart_watch()
                 else:
                     self.failures = 0
                     self.backoff.reset()
