@@ -333,3 +333,22 @@ async def test_start_failure_leaves_cache_stopped(
         assert len(c.entries()) == 1
     finally:
         await c.stop()
+
+
+async def test_old_events_are_pruned(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    store = await open_datastore("sqlite3", str(tmp_path / "p.sqlite3"), clock=lambda: now[0])
+    c = ServerCache(store, TD, poll_interval=60, clock=lambda: now[0])
+    await c.start()
+    try:
+        await store.create_entry(entry("spiffe://example.org/w1", AGENT))
+        now[0] += 12 * 3600 + 1
+        e2 = await store.create_entry(entry("spiffe://example.org/w2", AGENT))
+        assert await c.prune_events() == 1
+        events = await store.list_events()
+        assert [ev.record_id for ev in events] == [e2.id]
+        await c.refresh()
+        assert len(c.entries()) == 2
+    finally:
+        await c.stop()
+        await store.close()

@@ -41,6 +41,8 @@ _EVENT_BATCH = 1000
 FULL_RELOAD_INTERVAL = 3600.0
 """How often the follower reads everything again (SPIRE: 24 h; a reload of 10,000 entries
 takes about a second, so hourly costs little and bounds how long a lost event can last)."""
+PRUNE_EVENTS_OLDER_THAN = 12 * 3600.0
+"""Events older than this are deleted at each full reload (SPIRE's default, 12 h)."""
 COALESCE_SECONDS = 0.05
 """Changes this close together reach a watcher as one notification."""
 
@@ -86,6 +88,7 @@ class ServerCache:
         *,
         poll_interval: float = 1.0,
         full_reload_interval: float = FULL_RELOAD_INTERVAL,
+        prune_events_older_than: float = PRUNE_EVENTS_OLDER_THAN,
         clock: Callable[[], float] = time.time,
         coalesce: float = COALESCE_SECONDS,
     ):
@@ -93,6 +96,7 @@ class ServerCache:
         self.trust_domain = trust_domain
         self.poll_interval = poll_interval
         self.full_reload_interval = full_reload_interval
+        self.prune_events_older_than = prune_events_older_than
         self._clock = clock
         self._coalesce = coalesce
         self._index: AuthorizedEntryIndex[_Indexed] = AuthorizedEntryIndex(trust_domain)
@@ -156,6 +160,7 @@ class ServerCache:
             try:
                 if time.monotonic() - last_full >= self.full_reload_interval:
                     await self.reload()
+                    await self.prune_events()
                     last_full = time.monotonic()
                 else:
                     await self.refresh()
@@ -168,6 +173,17 @@ class ServerCache:
         """Apply every event written so far (returns once they are applied)."""
         async with self._apply_lock:
             await self._apply_new()
+
+    async def prune_events(self) -> int:
+        """Delete events older than ``prune_events_older_than`` seconds (SPIRE's 12 h); any
+        server may do it, each server's hourly full reload covers one that fell behind."""
+        if self.prune_events_older_than <= 0:
+            return 0
+        cutoff = int(self._clock() - self.prune_events_older_than)
+        pruned = int(await self.datastore.prune_events(max(cutoff, 0)))
+        if pruned:
+            log.debug("server cache: pruned old events", pruned=pruned)
+        return pruned
 
     async def reload(self) -> None:
         """Read every entry and node again and replace what is cached, then apply the events
