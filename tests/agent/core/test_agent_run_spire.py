@@ -12,6 +12,8 @@ import pytest
 
 from spiffed.agent.cache import IdentityCache
 from spiffed.agent.manager.run import build_manager
+from spiffed.agent.manager.storage import SVID_FILE
+from spiffed.agent.run import AgentRunError
 from spiffed.svid.jwt import JwtSvid
 from spiffed.workloadapi.client import WorkloadApiClient
 from tests.agent.core.test_agent_run import (
@@ -101,3 +103,26 @@ async def test_sparse_sync_fetches_only_new_or_changed_entries(
     await m.sync_once()
     assert m.last_fetched == 0, "unchanged entries are not sent again"
     assert len(m.cache.entries()) == count
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [("evict", "agent needs to re-attest"), ("ban", "agent is banned")],
+)
+async def test_evicted_or_banned_join_token_agent_stops(
+    spire: SpireServer, tmp_path: Path, command: str, message: str
+) -> None:
+    token = spire.generate_token()
+    agent_id = f"spiffe://example.org/spire/agent/join_token/{token}"
+    sock = short_dir() / "api.sock"
+    config = agent_conf(spire.port, tmp_path / "agent", sock, token=token)
+    async with running_agent(config) as (agent, task):
+        m = agent.manager
+        m.sync_interval = 0.2
+        m.wake()
+        await wait_until(lambda: m.syncs > 0, timeout=30, what="a first sync")
+        spire.check("agent", command, "-spiffeID", agent_id)
+        await wait_until(task.done, timeout=60, what="the agent to stop")
+        with pytest.raises(AgentRunError, match=message):
+            task.result()
+    assert not (tmp_path / "agent" / SVID_FILE).exists(), "as SPIRE: the SVID is removed"
