@@ -1,5 +1,11 @@
 """TLS contexts for SPIFFE mTLS, built from in-memory SVIDs and bundles.
 
+Two levels: the plain builders (:func:`server_context`, :func:`client_context`) used by the
+SPIRE-style server and agent, and :class:`SpiffeTls`, which builds contexts from an
+X509-SVID source (such as :class:`spiffed.workloadapi.X509Source`) that verify the peer's
+X509-SVID with the SPIFFE rules and an authorizer during the handshake, and follow rotated
+SVIDs and bundles for new connections. docs/library.md explains the design.
+
 Private keys never touch a disk: the PEM key and chain are handed to OpenSSL through an
 anonymous in-memory file (``memfd_create``) that is closed as soon as it is loaded.
 
@@ -12,21 +18,38 @@ bundle every time.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
-from collections.abc import Iterable, Sequence
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import MappingProxyType
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from spiffed.authorize import AuthorizationError, Authorizer, authorize_any
+from spiffed.bundle import X509Bundle, X509BundleSource
 from spiffed.keys import PrivateKey
+from spiffed.spiffeid import SpiffeId, TrustDomain
+from spiffed.svid.x509 import X509Svid, X509SvidError, verify_chain
 
 __all__ = [
+    "PeerRejectedError",
+    "SpiffeHTTPServer",
+    "SpiffeTls",
+    "StaticSource",
     "TlsError",
+    "TlsSource",
     "add_trust_anchors",
     "client_context",
     "load_identity",
     "peer_certificate",
+    "peer_spiffe_id",
     "server_context",
 ]
 
@@ -125,3 +148,425 @@ def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> x509.C
         return None
     der = ssl_object.getpeercert(binary_form=True)
     return x509.load_der_x509_certificate(der) if der else None
+
+
+# --- SPIFFE mTLS from an X509-SVID source --------------------------------------------------
+
+
+class TlsSource(Protocol):
+    """Where :class:`SpiffeTls` gets the SVID to present and the bundles to verify with.
+
+    :class:`spiffed.workloadapi.X509Source` (async or sync) is one; :class:`StaticSource` is a
+    fixed one. A source may also have ``subscribe(callback) -> unsubscribe`` to announce
+    updates (used to refresh client contexts in place).
+    """
+
+    def get_x509_svid(self) -> X509Svid:
+        """The X509-SVID to present."""
+        ...
+
+    def get_x509_bundle_for_trust_domain(self, trust_domain: TrustDomain) -> X509Bundle | None:
+        """The bundle to verify a peer of ``trust_domain`` with, or None."""
+        ...
+
+    def get_x509_bundles(self) -> Mapping[TrustDomain, X509Bundle]:
+        """Every bundle (own trust domain and federated ones)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StaticSource:
+    """A :class:`TlsSource` that never changes (tests, tools, the agent's own cache)."""
+
+    svid: X509Svid
+    bundles: Mapping[TrustDomain, X509Bundle]
+
+    @classmethod
+    def of(cls, svid: X509Svid, *bundles: X509Bundle) -> StaticSource:
+        """A source of ``svid`` trusting ``bundles``."""
+        return cls(svid, MappingProxyType({b.trust_domain: b for b in bundles}))
+
+    def get_x509_svid(self) -> X509Svid:
+        """The SVID."""
+        return self.svid
+
+    def get_x509_bundle_for_trust_domain(self, trust_domain: TrustDomain) -> X509Bundle | None:
+        """The bundle of ``trust_domain``, or None."""
+        return self.bundles.get(trust_domain)
+
+    def get_x509_bundles(self) -> Mapping[TrustDomain, X509Bundle]:
+        """Every bundle."""
+        return self.bundles
+
+
+class PeerRejectedError(ssl.SSLCertVerificationError):
+    """The peer's certificate is not a valid X509-SVID of a trusted trust domain, or its
+    SPIFFE ID is not authorized. Raised from the handshake, so TLS clients (asyncio, httpx,
+    aiohttp, grpclib) report it as a certificate verification failure."""
+
+    def __init__(self, message: str, peer_id: SpiffeId | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.peer_id = peer_id
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# The SPIFFE ID verified during each connection's handshake, by SSLObject/SSLSocket.
+_verified_peers: weakref.WeakKeyDictionary[Any, SpiffeId] = weakref.WeakKeyDictionary()
+# Why a peer was refused, for connections whose handshake is still running.
+_refusals: weakref.WeakKeyDictionary[Any, PeerRejectedError] = weakref.WeakKeyDictionary()
+_verified_lock = threading.Lock()
+
+# TLS record and handshake message types (RFC 8446 B.1, B.3), as ssl's message callback
+# reports them (IntEnums).
+_HANDSHAKE = 22
+_CERTIFICATE = 11
+_FINISHED = 20
+
+
+def _u24(data: bytes, pos: int) -> int:
+    if pos + 3 > len(data):
+        raise ValueError("truncated length")
+    return int.from_bytes(data[pos : pos + 3], "big")
+
+
+def parse_certificate_message(message: bytes, tls13: bool) -> list[x509.Certificate]:
+    """The certificates of a TLS ``Certificate`` handshake message (with its 4-byte header),
+    in the order sent (leaf first); ValueError when it is malformed."""
+    if len(message) < 4 or message[0] != _CERTIFICATE:
+        raise ValueError("not a Certificate handshake message")
+    end = 4 + _u24(message, 1)
+    if end != len(message):
+        raise ValueError("Certificate message length does not match")
+    pos = 4
+    if tls13:
+        if pos >= end:
+            raise ValueError("truncated certificate_request_context")
+        pos += 1 + message[pos]
+    list_end = pos + 3 + _u24(message, pos)
+    pos += 3
+    if list_end != end:
+        raise ValueError("certificate_list length does not match")
+    certs = []
+    while pos < list_end:
+        size = _u24(message, pos)
+        pos += 3
+        if size == 0 or pos + size > list_end:
+            raise ValueError("bad certificate length")
+        certs.append(x509.load_der_x509_certificate(message[pos : pos + size]))
+        pos += size
+        if tls13:
+            if pos + 2 > list_end:
+                raise ValueError("truncated certificate extensions")
+            pos += 2 + int.from_bytes(message[pos : pos + 2], "big")
+    if pos != list_end:
+        raise ValueError("trailing bytes in certificate_list")
+    return certs
+
+
+def _ssl_object_of(obj: Any) -> Any:
+    """The SSLObject/SSLSocket behind a connection-like object (asyncio stream writer or
+    transport, grpclib Peer or Stream, SSLSocket, SSLObject), or None."""
+    if isinstance(obj, ssl.SSLObject | ssl.SSLSocket):
+        return obj
+    peer = getattr(obj, "peer", None)  # grpclib Stream
+    if peer is not None and not callable(peer):
+        obj = peer
+    transport = getattr(obj, "_transport", None)  # grpclib Peer
+    if transport is not None and hasattr(transport, "get_extra_info"):
+        obj = transport
+    if hasattr(obj, "get_extra_info"):  # asyncio StreamWriter / Transport
+        return obj.get_extra_info("ssl_object")
+    return None
+
+
+def peer_spiffe_id(connection: Any) -> SpiffeId | None:
+    """The peer's SPIFFE ID verified and authorized during the handshake of ``connection``
+    (an asyncio ``StreamWriter`` or transport, a grpclib ``Stream`` or ``Peer``, an
+    ``SSLSocket`` or ``SSLObject``), or None when it was not made by a :class:`SpiffeTls`
+    context."""
+    ssl_object = _ssl_object_of(connection)
+    if ssl_object is None:
+        return None
+    with _verified_lock:
+        return _verified_peers.get(ssl_object)
+
+
+MsgCallback = Callable[[Any, str, Any, Any, Any, bytes], None]
+
+
+class SpiffeTls:
+    """SPIFFE mTLS contexts from an X509-SVID source, with an authorizer.
+
+    * :meth:`server_context` and :meth:`client_context` return ordinary
+      :class:`ssl.SSLContext` objects (TLS 1.3, CERT_REQUIRED, no host name check) for
+      asyncio, http.server, httpx, aiohttp or grpclib.
+    * During the handshake the peer's chain is verified with the SPIFFE rules
+      (:func:`~spiffed.svid.x509.verify_chain` against the current bundle of the peer's own
+      trust domain, federated ones included) and its SPIFFE ID goes to ``authorizer``; a
+      refusal aborts the handshake with :class:`PeerRejectedError`. The verified ID is then
+      available from :func:`peer_spiffe_id`.
+    * Server contexts pick the current SVID and bundles for every new connection; client
+      contexts are reloaded in place when the source announces an update (``subscribe``).
+
+    ``alpn_protocols`` is set on every context (``("h2",)`` for gRPC).
+    """
+
+    def __init__(
+        self,
+        source: TlsSource,
+        authorizer: Authorizer | None = None,
+        *,
+        bundle_source: X509BundleSource | None = None,
+        alpn_protocols: Sequence[str] = (),
+    ) -> None:
+        self._source = source
+        self._bundle_source: X509BundleSource = bundle_source or source
+        self._authorizer = authorizer or authorize_any()
+        self._alpn = tuple(alpn_protocols)
+        self._lock = threading.Lock()
+        self._state: tuple[X509Svid, Mapping[TrustDomain, X509Bundle]] | None = None
+        self._server_ctx: ssl.SSLContext | None = None
+        self._clients: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
+        self._client_roots: set[x509.Certificate] = set()
+        self._unsubscribe: Callable[[], None] | None = None
+        subscribe = getattr(source, "subscribe", None)
+        if callable(subscribe):
+            self._unsubscribe = subscribe(lambda _source: self.refresh())
+
+    @property
+    def authorizer(self) -> Authorizer:
+        """The authorizer peers' SPIFFE IDs are checked with."""
+        return self._authorizer
+
+    def close(self) -> None:
+        """Stop following the source's updates (contexts keep their last identity)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    # --- verification during the handshake ----------------------------------------------
+
+    def verify_peer_chain(self, chain: Sequence[x509.Certificate]) -> SpiffeId:
+        """Verify a presented chain (leaf first) and authorize its ID, as the handshake
+        does; raises :class:`PeerRejectedError`."""
+        if not chain:
+            raise PeerRejectedError("peer presented no certificate")
+        try:
+            peer_id, verified = verify_chain(chain, self._bundle_source)
+        except X509SvidError as exc:
+            raise PeerRejectedError(f"peer X509-SVID rejected: {exc}") from None
+        try:
+            self._authorizer(peer_id, verified)
+        except AuthorizationError as exc:
+            raise PeerRejectedError(f"peer {peer_id} is not authorized: {exc}", peer_id) from None
+        return peer_id
+
+    def _on_message(  # noqa: PLR0917 (the ssl module's message callback signature)
+        self,
+        conn: Any,
+        direction: str,
+        version: Any,
+        content_type: Any,
+        msg_type: Any,
+        data: bytes,
+    ) -> None:
+        """Called by ``ssl`` for every TLS message; checks the peer's ``Certificate`` and
+        refuses to let a handshake finish without a checked one.
+
+        An exception raised here fails the ``do_handshake`` call that processed the message.
+        When that call would only have asked for more data, ``ssl`` drops the exception, so
+        the refusal is remembered and raised again at the peer's ``Finished``.
+        """
+        if direction != "read" or content_type != _HANDSHAKE:
+            return
+        if msg_type == _CERTIFICATE:
+            try:
+                chain = parse_certificate_message(data, version == ssl.TLSVersion.TLSv1_3)
+                peer_id = self.verify_peer_chain(chain)
+            except PeerRejectedError as exc:
+                refusal = exc
+            except ValueError as exc:
+                refusal = PeerRejectedError(f"cannot read the peer's certificates: {exc}")
+            except Exception as exc:  # never let a bug accept a peer
+                refusal = PeerRejectedError(f"cannot verify the peer: {exc!r}")
+            else:
+                with _verified_lock:
+                    _verified_peers[conn] = peer_id
+                return
+            with _verified_lock:
+                _refusals[conn] = refusal
+            raise refusal
+        if msg_type == _FINISHED:
+            with _verified_lock:
+                earlier = _refusals.get(conn)
+                checked = conn in _verified_peers
+            if earlier is not None:
+                raise earlier
+            if not checked:  # e.g. a resumed session: the peer's SVID was never seen
+                raise PeerRejectedError("the peer's certificate was not verified")
+
+    # --- contexts ------------------------------------------------------------------------
+
+    def _current(self) -> tuple[X509Svid, Mapping[TrustDomain, X509Bundle]]:
+        return self._source.get_x509_svid(), self._source.get_x509_bundles()
+
+    def _build(self, protocol: int) -> ssl.SSLContext:
+        svid, bundles = self._current()
+        ctx = ssl.SSLContext(protocol)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.options |= ssl.OP_NO_TICKET
+        if self._alpn:
+            ctx.set_alpn_protocols(list(self._alpn))
+        load_identity(ctx, svid.cert_chain, svid.private_key)
+        add_trust_anchors(ctx, _roots(bundles))
+        ctx._msg_callback = self._on_message  # type: ignore[attr-defined]
+        return ctx
+
+    def _server_for_now(self) -> ssl.SSLContext:
+        with self._lock:
+            svid, bundles = self._current()
+            if (
+                self._server_ctx is None
+                or self._state is None
+                or self._state[0] is not svid
+                or self._state[1] is not bundles
+            ):
+                self._server_ctx = self._build(ssl.PROTOCOL_TLS_SERVER)
+                self._state = (svid, bundles)
+            return self._server_ctx
+
+    def _select(self, ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        current = self._server_for_now()
+        if current is not ctx:
+            ssl_object.context = current
+
+    def server_context(self) -> ssl.SSLContext:
+        """A server context: each new connection presents the source's current SVID and
+        trusts its current bundles (the context switches to a fresh inner context at the
+        start of every handshake), and clients must present an authorized X509-SVID."""
+        front = self._build(ssl.PROTOCOL_TLS_SERVER)
+        front.sni_callback = self._select
+        return front
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context presenting the current SVID; the server must present an
+        authorized X509-SVID. It is reloaded in place on every update of a source with
+        ``subscribe``; with another source build a new one when the SVID changes."""
+        ctx = self._build(ssl.PROTOCOL_TLS_CLIENT)
+        with self._lock:
+            self._clients.add(ctx)
+            self._client_roots |= set(_roots(self._source.get_x509_bundles()))
+        return ctx
+
+    def refresh(self) -> None:
+        """Load the source's current SVID and new roots into the live client contexts.
+
+        Roots cannot be taken out of a live context; a peer chaining to a removed root is
+        still refused, because the handshake check uses the current bundles.
+        """
+        svid, bundles = self._current()
+        with self._lock:
+            roots = [r for r in _roots(bundles) if r not in self._client_roots]
+            self._client_roots |= set(roots)
+            for ctx in list(self._clients):
+                load_identity(ctx, svid.cert_chain, svid.private_key)
+                add_trust_anchors(ctx, roots)
+
+    # --- helpers for asyncio ---------------------------------------------------------------
+
+    async def open_connection(
+        self, host: str, port: int, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """``asyncio.open_connection`` over SPIFFE mTLS; raises :class:`PeerRejectedError`
+        when the server's SVID is not valid or not authorized."""
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=self._client_for_helpers(), **kwargs
+        )
+        if peer_spiffe_id(writer) is None:  # never expected: the handshake checks it
+            writer.close()
+            raise PeerRejectedError("the server's certificate was not verified")
+        return reader, writer
+
+    def _client_for_helpers(self) -> ssl.SSLContext:
+        with self._lock:
+            ctx = getattr(self, "_helper_client", None)
+        if ctx is None:
+            ctx = self.client_context()
+            self._helper_client = ctx
+        return ctx
+
+    async def start_server(
+        self,
+        client_connected_cb: Callable[
+            [asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
+        ],
+        host: str | None = None,
+        port: int | None = None,
+        **kwargs: Any,
+    ) -> asyncio.Server:
+        """``asyncio.start_server`` over SPIFFE mTLS: ``client_connected_cb`` only sees
+        clients whose X509-SVID was verified and authorized (:func:`peer_spiffe_id` gives
+        their ID); others are refused during the handshake."""
+
+        async def guarded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if peer_spiffe_id(writer) is None:
+                writer.close()
+                return
+            await client_connected_cb(reader, writer)
+
+        return await asyncio.start_server(guarded, host, port, ssl=self.server_context(), **kwargs)
+
+
+def _roots(bundles: Mapping[TrustDomain, X509Bundle]) -> list[x509.Certificate]:
+    seen: list[x509.Certificate] = []
+    for bundle in bundles.values():
+        for cert in bundle.authorities:
+            if cert not in seen:
+                seen.append(cert)
+    return seen
+
+
+class SpiffeHTTPServer(ThreadingHTTPServer):
+    """An ``http.server`` over SPIFFE mTLS: each connection's handshake runs in its own
+    thread (bounded by ``handshake_timeout``); clients whose X509-SVID is not valid or not
+    authorized are dropped before the handler runs. Handlers find the client's ID with
+    ``peer_spiffe_id(self.request)``."""
+
+    def __init__(
+        self,
+        server_address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        tls: SpiffeTls,
+        *,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
+        self.refused: list[str] = []
+        self._context = tls.server_context()
+        super().__init__(server_address, handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept a connection; its TLS handshake runs later, in the request's thread."""
+        sock, address = self.socket.accept()
+        conn = self._context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return conn, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Handshake (verifying and authorizing the client), then serve the request."""
+        try:
+            request.settimeout(self.handshake_timeout)
+            request.do_handshake()
+            request.settimeout(None)
+        except (OSError, ValueError) as exc:
+            self.refused.append(str(exc))
+            return
+        if peer_spiffe_id(request) is None:
+            self.refused.append("the client's certificate was not verified")
+            return
+        super().finish_request(request, client_address)
