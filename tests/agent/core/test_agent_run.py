@@ -29,12 +29,15 @@ from spiffed.agent.client import ServerChannel, ServerClientError, fetch_bootstr
 from spiffed.agent.config import AgentConfig, parse_agent_config
 from spiffed.agent.manager import Manager, SyncResult
 from spiffed.agent.manager.run import build_manager
-from spiffed.agent.manager.storage import KEY_FILE, SVID_FILE
+from spiffed.agent.manager.storage import KEY_FILE, SVID_FILE, AgentState, load_state, save_state
 from spiffed.agent.run import AgentRunError, RunningAgent, serve
 from spiffed.backoff import Backoff
 from spiffed.bundle import SpiffeBundle, X509Bundle
+from spiffed.keys import KeyType
 from spiffed.spiffeid import TrustDomain
 from spiffed.svid.jwt import JwtSvid
+from spiffed.svid.x509 import X509Svid
+from spiffed.svid.x509_issue import create_root_ca, create_x509_svid
 from spiffed.workloadapi.client import WorkloadApiClient, WorkloadApiError
 from tests.agent.core.conftest import SpiffedServer, run_spiffed_server
 from tests.interop.spireserver.server import free_port
@@ -439,3 +442,48 @@ async def test_server_down_keeps_serving_then_reconnects_and_watches_again(
                 assert ids == ["spiffe://example.org/api", "spiffe://example.org/web"]
                 assert m.failures == 0 and m.attestations == 1
                 assert not task.done()
+
+
+async def test_expired_svid_reattests_trusting_the_stored_bundle(
+    spiffed: SpiffedServer, tmp_path: Path
+) -> None:
+    data = tmp_path / "agent"
+    first = build_manager(
+        agent_conf(
+            spiffed.port, data, short_dir() / "a.sock", token=await spiffed.generate_token()
+        ),
+        IdentityCache(TD),
+    )
+    await first.start()
+    stored = load_state(data, TD)
+    assert stored is not None
+    # the stored SVID expired while the agent was down
+    other_ca_key = KeyType.EC_P256.generate()
+    other_ca = create_root_ca(TD, other_ca_key, ttl=timedelta(hours=1))
+    key = KeyType.EC_P256.generate()
+    expired = create_x509_svid(
+        stored.svid.spiffe_id,
+        key.public_key(),
+        signer_cert=other_ca,
+        signer_key=other_ca_key,
+        ttl=timedelta(minutes=1),
+        now=datetime.now(UTC) - timedelta(minutes=10),
+    )
+    save_state(data, AgentState(X509Svid.from_certificates([expired], key), stored.bundle))
+    # a bootstrap bundle that does not hold the server's CA: using it would fail
+    wrong = tmp_path / "wrong.pem"
+    wrong.write_bytes(X509Bundle(TD, (other_ca,)).marshal_pem())
+    second = build_manager(
+        agent_conf(
+            spiffed.port,
+            data,
+            short_dir() / "a.sock",
+            token=await spiffed.generate_token(),
+            trust=f'trust_bundle_path = "{wrong}"',
+        ),
+        IdentityCache(TD),
+    )
+    second.backoff = Backoff(initial=0.05, maximum=0.2)
+    await asyncio.wait_for(second.start(), timeout=20)
+    assert second.attestations == 1
+    assert second.svid.spiffe_id != stored.svid.spiffe_id  # the new token's agent ID

@@ -225,6 +225,7 @@ class Manager:
     """Full entries the last entry sync received (fewer than its entries when sparse)."""
     _state: AgentState | None = None
     _synced: dict[str, WorkloadEntry] = field(default_factory=dict)
+    _stored_bundle: SpiffeBundle | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _jwt_channel: ServerChannel | None = None
     _agent_renew_at: datetime | None = None
@@ -275,6 +276,7 @@ class Manager:
             verify_chain(state.svid.cert_chain, state.bundle)
         except X509SvidError as exc:
             log.warning("stored agent SVID is no longer valid, attesting again", error=str(exc))
+            self._stored_bundle = state.bundle
             return None
         log.info("reusing stored agent SVID", spiffe_id=str(state.svid.spiffe_id))
         return state
@@ -296,6 +298,9 @@ class Manager:
         # Once attested, the current bundle is the trust to re-attest with.
         if state is not None:
             roots: list[x509.Certificate] | None = list(state.bundle.x509_authorities)
+        elif self._stored_bundle is not None and self._stored_bundle.x509_authorities:
+            # as SPIRE: a bundle kept from an earlier run is trusted over the bootstrap one
+            roots = list(self._stored_bundle.x509_authorities)
         else:
             roots = await self._bootstrap_roots()
         channel = ServerChannel(
