@@ -352,3 +352,18 @@ async def test_old_events_are_pruned(tmp_path: Path) -> None:
     finally:
         await c.stop()
         await store.close()
+
+
+async def test_own_writes_wake_the_follower_on_each_engine(backend: Backend) -> None:  # noqa: F811
+    store = await backend.open()
+    c = ServerCache(store, TD, poll_interval=60, coalesce=0)  # no poll within the test
+    await c.start()
+    try:
+        await store.create_node(node(AGENT, NODE_SEL))
+        e = await store.create_entry(entry("spiffe://example.org/w1", AGENT))
+        await wait_until(lambda: c.entry(e.id) is not None)
+        await store.ban_node(AGENT)
+        await wait_until(lambda: (c.cached_node(sid(AGENT)) or node()).banned)
+    finally:
+        await c.stop()
+        await store.close()
