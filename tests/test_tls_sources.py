@@ -264,6 +264,25 @@ async def test_unauthorized_client_id_is_refused(agent: Agent, pair: Any) -> Non
         await echo.stop()
 
 
+async def test_client_without_certificate_is_refused(agent: Agent, pair: Any) -> None:
+    server_source, _ = pair
+    echo = EchoServer(SpiffeTls(server_source))
+    port = await echo.start()
+    anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    anonymous.check_hostname = False
+    anonymous.verify_mode = ssl.CERT_NONE
+    try:
+        async with asyncio.timeout(DEADLINE):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=anonymous)
+            writer.write(b"ping")
+            with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+                await reader.readexactly(4)
+            writer.close()
+        assert echo.served == []
+    finally:
+        await echo.stop()
+
+
 async def test_client_refuses_unauthorized_server_id(agent: Agent, pair: Any) -> None:
     server_source, client_source = pair
     echo = EchoServer(SpiffeTls(server_source))

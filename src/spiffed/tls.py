@@ -332,6 +332,7 @@ class SpiffeTls:
         self._clients: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
         self._client_roots: set[x509.Certificate] = set()
         self._unsubscribe: Callable[[], None] | None = None
+        self._helper_client: ssl.SSLContext | None = None
         subscribe = getattr(source, "subscribe", None)
         if callable(subscribe):
             self._unsubscribe = subscribe(lambda _source: self.refresh())
@@ -493,12 +494,9 @@ class SpiffeTls:
         return reader, writer
 
     def _client_for_helpers(self) -> ssl.SSLContext:
-        with self._lock:
-            ctx = getattr(self, "_helper_client", None)
-        if ctx is None:
-            ctx = self.client_context()
-            self._helper_client = ctx
-        return ctx
+        if self._helper_client is None:
+            self._helper_client = self.client_context()
+        return self._helper_client
 
     async def start_server(
         self,

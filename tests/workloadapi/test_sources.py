@@ -79,6 +79,13 @@ async def test_x509_source_picker_chooses_svid(agent: Agent) -> None:
         assert len(source.get_x509_svids()) == 2
 
 
+async def test_we_09_source_reads_spiffe_endpoint_socket(agent: Agent) -> None:
+    svid = agent.add(entry("a", "/db", MY_UID))["a"]
+    environ = {"SPIFFE_ENDPOINT_SOCKET": addr(agent)}
+    async with X509Source(environ=environ) as source:
+        assert source.get_x509_svid().leaf == svid.leaf
+
+
 async def test_close_stops_background_tasks(agent: Agent) -> None:
     agent.add(entry("a", "/db", MY_UID))
     source = await X509Source(address=addr(agent)).start()
