@@ -37,6 +37,7 @@ from spiffed.backoff import Backoff
 from spiffed.bundle import SpiffeBundle, X509Bundle
 from spiffed.spiffeid import SpiffeId, TrustDomain
 from spiffed.svid.x509 import X509Svid
+from spiffed.svid.x509_issue import create_intermediate_ca, create_x509_svid
 from spiffed.tls import (
     PeerRejectedError,
     SpiffeHTTPServer,
@@ -472,6 +473,54 @@ def test_http_server_with_http_client(static_pki: Any) -> None:
         httpd.shutdown()
         httpd.server_close()
         thread.join(DEADLINE)
+
+
+async def test_chain_with_intermediate_ca_verified_to_the_bundle_root() -> None:
+    """The peer's intermediates come from its Certificate message (Python 3.11's ssl gives
+    only the leaf), so SVIDs from an intermediate CA (UpstreamAuthority) work."""
+    root = Authority(TD)
+    inter_key = ec.generate_private_key(ec.SECP256R1())
+    inter = create_intermediate_ca(
+        TD, inter_key.public_key(), signer_cert=root.ca_cert, signer_key=root.ca_key
+    )
+
+    def svid(spiffe_id: SpiffeId) -> X509Svid:
+        key = ec.generate_private_key(ec.SECP256R1())
+        leaf = create_x509_svid(
+            spiffe_id, key.public_key(), signer_cert=inter, signer_key=inter_key
+        )
+        return X509Svid.from_certificates([leaf, inter], key)
+
+    bundle = X509Bundle(TD, (root.ca_cert,))
+    echo = EchoServer(SpiffeTls(StaticSource.of(svid(SERVER_ID), bundle), authorize_id(CLIENT_ID)))
+    port = await echo.start()
+    try:
+        client = SpiffeTls(StaticSource.of(svid(CLIENT_ID), bundle), authorize_id(SERVER_ID))
+        assert (await exchange(client, port))[0] == SERVER_ID
+        assert echo.served[-1][0] == CLIENT_ID
+        # a leaf alone (intermediate withheld) does not verify
+        lone = svid(CLIENT_ID)
+        withheld = X509Svid.from_certificates([lone.leaf], lone.private_key)
+        await refused_by_server(SpiffeTls(StaticSource.of(withheld, bundle)), port, echo)
+    finally:
+        await echo.stop()
+
+
+async def test_tls12_client_is_refused(static_pki: Any) -> None:
+    ca, bundle = static_pki
+    echo = EchoServer(SpiffeTls(StaticSource.of(ca.svid(SERVER_ID), bundle)))
+    port = await echo.start()
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname = False
+    old.verify_mode = ssl.CERT_NONE
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            async with asyncio.timeout(DEADLINE):
+                await asyncio.open_connection("127.0.0.1", port, ssl=old)
+        assert echo.served == []
+    finally:
+        await echo.stop()
 
 
 def test_authorizers() -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "add_trust_anchors",
     "client_context",
     "load_identity",
+    "parse_certificate_message",
     "peer_certificate",
     "peer_spiffe_id",
     "server_context",
@@ -292,9 +293,6 @@ def peer_spiffe_id(connection: Any) -> SpiffeId | None:
         return None
     with _verified_lock:
         return _verified_peers.get(ssl_object)
-
-
-MsgCallback = Callable[[Any, str, Any, Any, Any, bytes], None]
 
 
 class SpiffeTls:

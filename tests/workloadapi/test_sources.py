@@ -118,6 +118,7 @@ async def test_start_times_out_with_clear_error(agent: Agent) -> None:
         await source.start()
     assert err.value.status == Status.DEADLINE_EXCEEDED
     assert "no first update" in err.value.message
+    assert "PERMISSION_DENIED" in err.value.message  # the agent has no identity for us
     assert source.closed
 
 

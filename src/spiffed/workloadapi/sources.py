@@ -90,6 +90,7 @@ class _Watch(Generic[_T]):
         self._backoff = backoff
         self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.failures = 0
+        self.last_failure = ""
         self.error: WorkloadApiError | None = None
 
     def _settle(self, exc: BaseException | None) -> None:
@@ -110,14 +111,16 @@ class _Watch(Generic[_T]):
                 raise
             except WorkloadApiError as exc:
                 self.failures += 1
+                self.last_failure = str(exc)
                 if exc.status == Status.INVALID_ARGUMENT:
                     log.warning("workload API stream refused", stream=self.name, error=str(exc))
                     self.error = exc
                     self._settle(exc)
                     return
                 log.info("workload API stream broken, retrying", stream=self.name, error=str(exc))
-            except Exception:  # a bug in a picker or parser must not end the source
+            except Exception as exc:  # a bug in a picker or parser must not end the source
                 self.failures += 1
+                self.last_failure = repr(exc)
                 log.exception("workload API stream failed, retrying", stream=self.name)
             await asyncio.sleep(self._backoff.next_delay())
 
@@ -192,11 +195,14 @@ class _Source:
             async with asyncio.timeout(self._timeout):
                 await asyncio.gather(*(asyncio.shield(w.first) for w in self._watches))
         except TimeoutError:
+            failures = "; ".join(
+                f"{w.name}: {w.last_failure}" for w in self._watches if w.last_failure
+            )
             await self.close()
             raise WorkloadApiError(
                 Status.DEADLINE_EXCEEDED,
                 f"{self._what}: no first update from {self._client.address} within "
-                f"{self._timeout}s",
+                f"{self._timeout}s" + (f" (last error: {failures})" if failures else ""),
             ) from None
         except BaseException:
             await self.close()
