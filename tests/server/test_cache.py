@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -367,3 +368,97 @@ async def test_own_writes_wake_the_follower_on_each_engine(backend: Backend) -> 
     finally:
         await c.stop()
         await store.close()
+
+
+async def test_watchers_woken_only_for_changes_they_may_serve(
+    ds: DataStore, cache: ServerCache
+) -> None:
+    third = "spiffe://example.org/spire/agent/join_token/a3"
+    await ds.create_node(node(AGENT, NODE_SEL))
+    await ds.create_node(node(OTHER_AGENT))
+    await ds.create_node(node(third))
+    alias = await ds.create_entry(entry("spiffe://example.org/cluster", SERVER, NODE_SEL))
+    mid = await ds.create_entry(entry("spiffe://example.org/mid", OTHER_AGENT))
+    await cache.refresh()
+    streams = {a: cache.watch(sid(a)) for a in (AGENT, OTHER_AGENT, third)}
+    for stream in streams.values():
+        await anext(stream)
+    woken = {a: asyncio.ensure_future(anext(s)) for a, s in streams.items()}
+
+    async def expect(*agents: str) -> None:
+        await cache.refresh()
+        await asyncio.sleep(0)  # let woken watchers run (coalesce is 0)
+        for a in agents:
+            await asyncio.wait_for(woken[a], 5)
+            woken[a] = asyncio.ensure_future(anext(streams[a]))
+        for a, fut in woken.items():
+            if a not in agents:
+                assert not fut.done(), f"{a} was woken"
+
+    # Under the alias: only the agent whose node selectors match it.
+    await ds.create_entry(entry("spiffe://example.org/w1", "spiffe://example.org/cluster"))
+    await expect(AGENT)
+    # Nested under another agent's entry: that agent.
+    child = await ds.create_entry(entry("spiffe://example.org/leaf", "spiffe://example.org/mid"))
+    await expect(OTHER_AGENT)
+    # Moved from one agent's tree to another's: both.
+    await ds.update_entry(RegistrationEntry("", third, child.selectors, id=child.id), ["parent_id"])
+    await expect(OTHER_AGENT, third)
+    # The alias itself changes: the agents it matched (and matches).
+    await ds.delete_entry(alias.id)
+    await expect(AGENT)
+    # Deleting the middle of a tree: the agent that served it.
+    await ds.delete_entry(mid.id)
+    await expect(OTHER_AGENT)
+    for fut in woken.values():
+        fut.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fut
+    for stream in streams.values():
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert cache.watchers == 0
+
+
+def test_targeted_wakeups_never_miss_an_affected_agent() -> None:
+    """Random entry graphs and changes: every agent whose authorized entries changed is
+    woken (checked against the index before and after, the slow obvious way)."""
+    import random
+
+    from spiffed.server.cache import _Watcher
+
+    rng = random.Random(20261121)
+    c = ServerCache(None, TD)
+    agents = [f"spiffe://example.org/spire/agent/x/a{i}" for i in range(4)]
+    sels = [Selector("t", f"v{i}") for i in range(3)]
+    for i, a in enumerate(agents):
+        c._put_node(node(a, *sels[: i % 4]))
+    watchers = {a: _Watcher(a) for a in agents}
+    c._watchers.update(watchers.values())
+    paths = [f"spiffe://example.org/p{i}" for i in range(6)]
+    parents = [*agents, *paths, SERVER, "spiffe://other.org/x"]
+
+    def random_entry(entry_id: str) -> RegistrationEntry:
+        picked = tuple(sorted(rng.sample(sels, rng.randint(1, 2))))
+        return entry(rng.choice(paths), rng.choice(parents), *picked, id=entry_id)
+
+    def served() -> dict[str, dict[str, RegistrationEntry]]:
+        return {a: {e.id: e for e in c.authorized_entries(sid(a))} for a in agents}
+
+    for i in range(15):
+        c._put_entry(random_entry(f"e{i}"))
+    for _ in range(400):
+        before = served()
+        entry_id = f"e{rng.randrange(20)}"
+        old = c._entries.get(entry_id)
+        if old is not None and rng.random() < 0.3:
+            c._drop_entry(entry_id)
+        else:
+            c._put_entry(random_entry(entry_id))
+        new = c._entries.get(entry_id)
+        c._notify_entries([e for e in (old, new) if e is not None])
+        after = served()
+        for a in agents:
+            if before[a] != after[a]:
+                assert watchers[a].wake.is_set(), f"{a} not woken for {old} -> {new}"
+        for w in watchers.values():
+            w.wake.clear()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -71,10 +72,15 @@ def _indexed(entry: RegistrationEntry) -> _Indexed | None:
 
 
 class _Watcher:
-    __slots__ = ("agent_id", "wake")
+    __slots__ = ("agent", "agent_id", "wake")
 
     def __init__(self, agent_id: str) -> None:
         self.agent_id = agent_id
+        self.agent: SpiffeId | None
+        try:
+            self.agent = SpiffeId.parse(agent_id)
+        except SpiffeIdError:
+            self.agent = None
         self.wake = asyncio.Event()
 
 
@@ -100,6 +106,7 @@ class ServerCache:
         self._clock = clock
         self._coalesce = coalesce
         self._index: AuthorizedEntryIndex[_Indexed] = AuthorizedEntryIndex(trust_domain)
+        self._by_spiffe: defaultdict[str, dict[str, _Indexed]] = defaultdict(dict)
         self._entries: dict[str, RegistrationEntry] = {}
         self._nodes: dict[str, AttestedNode] = {}
         self._node_generation = 0
@@ -195,6 +202,7 @@ class ServerCache:
             entries = (await self.datastore.list_entries()).items
             nodes = (await self.datastore.list_nodes()).items
             index: AuthorizedEntryIndex[_Indexed] = AuthorizedEntryIndex(self.trust_domain)
+            by_spiffe: defaultdict[str, dict[str, _Indexed]] = defaultdict(dict)
             new_entries: dict[str, RegistrationEntry] = {}
             read: RegistrationEntry
             for read in entries:
@@ -206,6 +214,8 @@ class ServerCache:
                 indexed = _indexed(entry)
                 if indexed is not None:
                     index.upsert_entry(indexed)
+                    if indexed.id in index._entries:
+                        by_spiffe[indexed.spiffe_id.path][indexed.id] = indexed
             new_nodes: dict[str, AttestedNode] = {}
             for node in nodes:
                 new_nodes[node.spiffe_id] = node
@@ -219,6 +229,7 @@ class ServerCache:
                 if new_nodes.get(agent_id) != self._nodes.get(agent_id)
             }
             self._entries, self._nodes, self._index = new_entries, new_nodes, index
+            self._by_spiffe = by_spiffe
             self._node_generation += 1
             self._revision = revision
             self._notify(entries_changed, nodes_changed)
@@ -243,12 +254,18 @@ class ServerCache:
                     entry_ids[event.record_id] = None
                 elif event.kind is EventKind.NODE:
                     node_ids[event.record_id] = None
+            changed: list[RegistrationEntry] = []
             for entry_id in entry_ids:
+                old = self._entries.get(entry_id)
                 await self._reload_entry(entry_id)
+                new = self._entries.get(entry_id)
+                if new is not old:
+                    changed.extend(e for e in (old, new) if e is not None)
             for agent_id in node_ids:
                 await self._reload_node(agent_id)
             self._revision = events[-1].id
-            self._notify(bool(entry_ids), node_ids)
+            self._notify_entries(changed)
+            self._notify(False, node_ids)
             if len(events) < _EVENT_BATCH:
                 return
 
@@ -273,16 +290,34 @@ class ServerCache:
     def _put_entry(self, entry: RegistrationEntry) -> None:
         if self._entries.get(entry.id) == entry:
             return  # unchanged: keep the object (see reload)
+        self._unlink(entry.id)
         self._entries[entry.id] = entry
         indexed = _indexed(entry)
         if indexed is None:
             self._index.remove_entry(entry.id)
         else:
             self._index.upsert_entry(indexed)
+            if indexed.id in self._index._entries:  # in this trust domain
+                self._link(indexed)
 
     def _drop_entry(self, entry_id: str) -> None:
+        self._unlink(entry_id)
         self._entries.pop(entry_id, None)
         self._index.remove_entry(entry_id)
+
+    def _link(self, item: _Indexed) -> None:
+        self._by_spiffe[item.spiffe_id.path][item.id] = item
+
+    def _unlink(self, entry_id: str) -> None:
+        old = self._entries.get(entry_id)
+        indexed = _indexed(old) if old is not None else None
+        if indexed is None:
+            return
+        same = self._by_spiffe.get(indexed.spiffe_id.path)
+        if same is not None:
+            same.pop(entry_id, None)
+            if not same:
+                del self._by_spiffe[indexed.spiffe_id.path]
 
     def _put_node(self, node: AttestedNode) -> None:
         self._nodes[node.spiffe_id] = node
@@ -374,6 +409,55 @@ class ServerCache:
         return self._nodes.get(str(agent_id))
 
     # ----- watches ----------------------------------------------------------------------------
+
+    def _notify_entries(self, changed: list[RegistrationEntry]) -> None:
+        """Wake the watchers of agents that served, or now serve, a changed entry.
+
+        An entry is served by whoever serves its parent: walking up from each changed
+        version's parent through the entries whose SPIFFE ID is that parent reaches the
+        agents' own IDs and the node aliases (entries parented to the server) on the way.
+        The walk uses the state after the change; an ancestor that changed in the same
+        batch contributes its old parent itself. Waking too many is harmless, too few is not.
+        """
+        if not self._watchers or not changed:
+            return
+        server_path = self._index.server_path
+        stack: list[str] = []
+        aliases: list[frozenset[object]] = []
+        for entry in changed:
+            try:
+                parent = SpiffeId.parse(entry.parent_id)
+            except SpiffeIdError:
+                continue
+            if not parent.member_of(self.trust_domain):
+                continue  # never served by anyone (SPIRE leaves such entries out)
+            if parent.path == server_path:
+                aliases.append(frozenset(entry.selectors))
+            else:
+                stack.append(parent.path)
+        paths: set[str] = set()
+        while stack:
+            path = stack.pop()
+            if path in paths:
+                continue
+            paths.add(path)
+            for item in self._by_spiffe.get(path, {}).values():
+                if item.parent_id.path == server_path:
+                    aliases.append(frozenset(item.selectors))
+                else:
+                    stack.append(item.parent_id.path)
+        for watcher in self._watchers:
+            agent = watcher.agent
+            if agent is None or not agent.member_of(self.trust_domain):
+                continue
+            if agent.path in paths:
+                watcher.wake.set()
+                continue
+            node = self._nodes.get(watcher.agent_id)
+            if node is not None and aliases:
+                have = frozenset(node.selectors)
+                if any(alias and alias <= have for alias in aliases):
+                    watcher.wake.set()
 
     def _notify(self, entries_changed: bool, node_ids: Iterable[str]) -> None:
         if not self._watchers:
