@@ -45,11 +45,17 @@ _MAX_CHALLENGES = 16
 
 
 class AttestationError(Exception):
-    """Attestation failed; ``status`` is the server's gRPC status when it refused."""
+    """Attestation failed; ``status`` is the server's gRPC status when it refused.
 
-    def __init__(self, message: str, status: GRPCError | None = None) -> None:
+    ``local`` is True when the agent's own attestor failed (no join token, unreadable
+    node key): retrying cannot help."""
+
+    def __init__(
+        self, message: str, status: GRPCError | None = None, *, local: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.local = local
 
 
 class JoinTokenAttestor:
@@ -57,13 +63,17 @@ class JoinTokenAttestor:
 
     name = "join_token"
 
-    def __init__(self, token: str) -> None:
-        if not token:
-            raise AgentAttestationError("join_token: the join token is empty")
-        self._token = token
+    def __init__(self, token: str | None) -> None:
+        self._token = token or ""
 
     def payload(self) -> bytes:
-        """The token itself."""
+        """The token itself. Without one the agent cannot attest (it may still restart
+        with a stored SVID, which is why a missing token is only an error here)."""
+        if not self._token:
+            raise AgentAttestationError(
+                'NodeAttestor "join_token" needs join_token or join_token_file '
+                "(or -joinToken) to attest"
+            )
         return self._token.encode()
 
     def respond(self, challenge: bytes) -> bytes:
@@ -76,10 +86,6 @@ def attestor_from_config(
 ) -> AgentNodeAttestor:
     """The node attestor named by the agent's ``NodeAttestor "<name>"`` block."""
     if name == "join_token":
-        if not join_token:
-            raise AgentAttestationError(
-                'NodeAttestor "join_token" needs join_token or join_token_file'
-            )
         return JoinTokenAttestor(join_token)
     if name == "x509pop":
         from spiffed.agent.nodeattestor.x509pop import X509PopAgentAttestor
@@ -124,7 +130,7 @@ async def attest(
     try:
         payload = attestor.payload()
     except AgentAttestationError as exc:
-        raise AttestationError(str(exc)) from None
+        raise AttestationError(str(exc), local=True) from None
     first = agent_pb2.AttestAgentRequest(
         params=agent_pb2.AttestAgentRequest.Params(
             data=attestation_pb2.AttestationData(type=attestor.name, payload=payload),
@@ -139,6 +145,11 @@ async def attest(
             for _ in range(_MAX_CHALLENGES + 1):
                 resp = await stream.recv_message()
                 if resp is None:
+                    # A refusal after a challenge round comes in the trailers: read them so
+                    # the server's status (PERMISSION_DENIED...) is raised, not lost.
+                    with contextlib.suppress(StreamClosedError):
+                        await stream.end()
+                    await stream.recv_trailing_metadata()
                     raise AttestationError("server closed the attestation stream without a result")
                 if resp.WhichOneof("step") == "result":
                     result = resp.result
@@ -146,7 +157,7 @@ async def attest(
                 try:
                     answer = attestor.respond(resp.challenge)
                 except AgentAttestationError as exc:
-                    raise AttestationError(str(exc)) from None
+                    raise AttestationError(str(exc), local=True) from None
                 await stream.send_message(agent_pb2.AttestAgentRequest(challenge_response=answer))
             else:
                 raise AttestationError(f"server sent more than {_MAX_CHALLENGES} challenges")

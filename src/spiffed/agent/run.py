@@ -3,7 +3,8 @@
 Start-up: the manager attests or loads its stored SVID (retrying while the server cannot be
 reached; a refusal ends the run), then the Workload API listens on ``socket_path`` (its
 directory created 0755 when missing, the socket itself world-connectable as SPIRE's since
-callers are told apart by the kernel, a stale socket from an earlier run replaced), then
+callers are told apart by the kernel, a stale socket from an earlier run replaced; an
+existing directory another user could write to is refused), then
 the sync loop runs until SIGINT/SIGTERM, when the socket is closed and removed.
 
 JWT-SVIDs for workloads are minted by the server (``svid.v1.SVID/NewJWTSVID``) with the
@@ -15,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +114,30 @@ def workload_attestors(config: AgentConfig) -> list[WorkloadAttestor]:
     return out
 
 
+def check_socket_dir(socket_path: Path) -> None:
+    """Refuse a socket directory another user could swap the socket in: one owned by
+    someone other than the agent's user or root, or writable by others without the sticky
+    bit. A missing directory is fine (it is created 0755)."""
+    directory = socket_path.parent
+    try:
+        st = directory.stat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise AgentRunError(f"socket directory {directory} is not a directory")
+    if st.st_uid not in (os.getuid(), 0):
+        raise AgentRunError(
+            f"socket directory {directory} is owned by uid {st.st_uid}, not by the agent's "
+            "user or root; another user could replace the Workload API socket"
+        )
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise AgentRunError(
+            f"socket directory {directory} is writable by other users "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); another user could replace the "
+            "Workload API socket"
+        )
+
+
 async def _wait_stop_or_fail(
     stop: asyncio.Event, task: asyncio.Task[None], *, may_end: bool = False
 ) -> None:
@@ -181,6 +208,7 @@ async def serve(
             manager.mint_jwt,
             jwt_cache_size=max(1, config.jwt_svid_cache_max_size),
         )
+        check_socket_dir(config.socket_path)
         try:
             server = await start_workload_api(service, config.socket_path)
         except GrpcUtilError as exc:

@@ -41,23 +41,13 @@ plugins {{
 
 
 async def start_agent(
-    conf: Path, port: int, socket_path: Path, token: str, log: Path
+    conf: Path, port: int, socket_path: Path, token: str | None, log: Path
 ) -> asyncio.subprocess.Process:
+    args = ["run", "-config", str(conf), "-serverPort", str(port), "-socketPath", str(socket_path)]
+    if token is not None:
+        args += ["-joinToken", token]
     with log.open("ab") as out:
-        return await asyncio.create_subprocess_exec(
-            str(BIN),
-            "run",
-            "-config",
-            str(conf),
-            "-serverPort",
-            str(port),
-            "-socketPath",
-            str(socket_path),
-            "-joinToken",
-            token,
-            stdout=out,
-            stderr=out,
-        )
+        return await asyncio.create_subprocess_exec(str(BIN), *args, stdout=out, stderr=out)
 
 
 async def stop_agent(proc: asyncio.subprocess.Process) -> int:
@@ -86,8 +76,8 @@ async def test_agent_process_serves_stops_cleanly_and_restarts_without_attesting
     assert not sock.exists(), "SIGTERM removes the socket"
     assert "node attested" in first_log.read_text()
 
-    # the token is spent; a restart with the disk KeyManager reuses the stored SVID
-    proc = await start_agent(conf, spiffed.port, sock, token, second_log)
+    # a restart with the disk KeyManager reuses the stored SVID: no token needed
+    proc = await start_agent(conf, spiffed.port, sock, None, second_log)
     try:
         assert await fetch_ids(sock, timeout=30) == ["spiffe://example.org/web"]
     finally:

@@ -200,6 +200,14 @@ async def test_memory_key_manager_keeps_nothing_and_restart_attests(
     assert not sock.exists()
 
 
+async def test_no_join_token_and_nothing_stored_stops_the_agent(
+    spiffed: SpiffedServer, tmp_path: Path
+) -> None:
+    config = agent_conf(spiffed.port, tmp_path / "agent", short_dir() / "api.sock")
+    with pytest.raises(AgentRunError, match='NodeAttestor "join_token" needs join_token'):
+        await asyncio.wait_for(serve(config, stop=asyncio.Event()), timeout=10)
+
+
 async def test_refused_attestation_stops_the_agent(spiffed: SpiffedServer, tmp_path: Path) -> None:
     config = agent_conf(spiffed.port, tmp_path / "agent", short_dir() / "api.sock", token="bogus")
     with pytest.raises(AgentRunError, match="attestation refused: INVALID_ARGUMENT"):
@@ -487,3 +495,33 @@ async def test_expired_svid_reattests_trusting_the_stored_bundle(
     await asyncio.wait_for(second.start(), timeout=20)
     assert second.attestations == 1
     assert second.svid.spiffe_id != stored.svid.spiffe_id  # the new token's agent ID
+
+
+async def test_socket_directory_other_users_can_write_is_refused(
+    spiffed: SpiffedServer, tmp_path: Path
+) -> None:
+    shared = short_dir()
+    shared.chmod(0o777)  # anyone could swap the socket for their own
+    config = agent_conf(
+        spiffed.port, tmp_path / "agent", shared / "api.sock", token=await spiffed.generate_token()
+    )
+    with pytest.raises(AgentRunError, match=r"writable by other users \(mode 0777\)"):
+        await serve(config, stop=asyncio.Event())
+    assert not (shared / "api.sock").exists()
+    shared.chmod(0o1777)  # sticky, as /tmp: others cannot remove our socket
+    config = agent_conf(spiffed.port, tmp_path / "agent", shared / "api.sock")
+    async with running_agent(config):
+        assert (shared / "api.sock").exists()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown to another user needs root")
+async def test_socket_directory_owned_by_another_user_is_refused(
+    spiffed: SpiffedServer, tmp_path: Path
+) -> None:
+    theirs = short_dir()
+    os.chown(theirs, 65534, 65534)
+    config = agent_conf(
+        spiffed.port, tmp_path / "agent", theirs / "api.sock", token=await spiffed.generate_token()
+    )
+    with pytest.raises(AgentRunError, match="owned by uid 65534"):
+        await serve(config, stop=asyncio.Event())

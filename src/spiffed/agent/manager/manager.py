@@ -114,6 +114,8 @@ _TRANSIENT = frozenset(
 
 def _refused(exc: AttestationError) -> bool:
     """The server answered and said no (retrying the same attestation cannot help)."""
+    if exc.local:
+        return True
     return exc.status is not None and exc.status.status not in _TRANSIENT
 
 
