@@ -3,8 +3,9 @@
 Real processes: ``spiffed-server run``, ``spire-agent run -joinToken`` and the workload side
 ``spire-agent api fetch x509``. The agent attests with a join token, syncs its entries (with
 SyncAuthorizedEntries, its default, and with GetAuthorizedEntries), gets the workload's
-X509-SVID signed and serves it over the Workload API. The same tests run against SPIRE's own
-spire-server, so what they expect is what SPIRE does.
+X509-SVID signed and serves it over the Workload API; it renews its own SVID (RenewAgent).
+The main tests also run against SPIRE's own spire-server, so what they expect is what SPIRE
+does (all of them passed against it when written).
 """
 
 from __future__ import annotations
@@ -38,29 +39,44 @@ def spire_agent_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_spire_agent(tmp_path_factory.mktemp("spire-agent-bin"))
 
 
-@pytest.fixture(scope="module", params=["spiffed-server", "spire-server"])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    """One running server for the module's tests (spiffed-server, and spire-server to show
-    that the expectations are SPIRE's)."""
+BOTH = pytest.mark.parametrize(
+    "server_binary", ["spiffed-server", "spire-server"], indirect=True, scope="module"
+)
+"""Against spiffed-server, and against SPIRE's spire-server to show the expectations are SPIRE's."""
+SPIFFED = pytest.mark.parametrize(
+    "server_binary", ["spiffed-server"], indirect=True, scope="module"
+)
+"""Against spiffed-server only (checked once against spire-server; left out to keep the file
+short)."""
+
+
+@pytest.fixture(scope="module")
+def server_binary(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server program named by the test's parameter."""
     if request.param == "spiffed-server":
-        binary = SPIFFED_SERVER
-    else:
-        binary = build_spire_server(tmp_path_factory.mktemp("spire-server-bin"))
-    proc = ServerProcess(binary, short_dir("isv-"))
+        return SPIFFED_SERVER
+    return build_spire_server(tmp_path_factory.mktemp("spire-server-bin"))
+
+
+@pytest.fixture(scope="module")
+def server(server_binary: Path) -> Iterator[ServerProcess]:
+    """One running server for the module's tests."""
+    proc = ServerProcess(server_binary, short_dir("isv-"))
     try:
         yield proc.start()
     finally:
         proc.cleanup()
 
 
-@pytest.fixture
-def bundle(server: ServerProcess, tmp_path: Path) -> Path:
-    """``bundle show`` written to bundle.pem (the agent's trust_bundle_path)."""
-    path = tmp_path / "bundle.pem"
+def write_bundle(server: ServerProcess, path: Path) -> Path:
+    """``bundle show`` written to ``path`` (an agent's trust_bundle_path)."""
     path.write_text(server.check("bundle", "show"))
     return path
+
+
+@pytest.fixture
+def bundle(server: ServerProcess, tmp_path: Path) -> Path:
+    return write_bundle(server, tmp_path / "bundle.pem")
 
 
 StartAgent = Callable[..., SpireAgent]
@@ -68,11 +84,17 @@ StartAgent = Callable[..., SpireAgent]
 
 @pytest.fixture
 def agents(spire_agent_binary: Path, server: ServerProcess, bundle: Path) -> Iterator[StartAgent]:
-    """``agents(token, use_sync_authorized_entries=...)`` starts a spire-agent; all of them
-    are stopped and removed after the test."""
+    """``agents(token, use_sync_authorized_entries=..., server=..., bundle=...)`` starts a
+    spire-agent (by default against the module's server); all of them are stopped and removed
+    after the test."""
     started: list[SpireAgent] = []
 
-    def start(token: str, use_sync_authorized_entries: bool = True) -> SpireAgent:
+    def start(
+        token: str,
+        use_sync_authorized_entries: bool = True,
+        server: ServerProcess = server,
+        bundle: Path = bundle,
+    ) -> SpireAgent:
         agent = SpireAgent(
             spire_agent_binary,
             server,
@@ -99,7 +121,16 @@ def svid_ids(output: str) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("sync_rpc", ["SyncAuthorizedEntries", "GetAuthorizedEntries"])
+@pytest.mark.parametrize(
+    ("server_binary", "sync_rpc"),
+    [
+        ("spiffed-server", "SyncAuthorizedEntries"),
+        ("spiffed-server", "GetAuthorizedEntries"),
+        ("spire-server", "SyncAuthorizedEntries"),
+    ],
+    indirect=["server_binary"],
+    scope="module",
+)
 def test_spire_agent_attests_syncs_and_serves_x509_svid(
     server: ServerProcess, agents: StartAgent, bundle: Path, tmp_path: Path, sync_rpc: str
 ) -> None:
@@ -157,6 +188,7 @@ def test_spire_agent_attests_syncs_and_serves_x509_svid(
     assert sans.get_values_for_type(x509.UniformResourceIdentifier)[0] in svid_ids(fetched.stdout)
 
 
+@BOTH
 def test_used_join_token_is_refused_and_deleted_entry_is_withdrawn(
     server: ServerProcess, agents: StartAgent
 ) -> None:
@@ -207,3 +239,46 @@ def test_used_join_token_is_refused_and_deleted_entry_is_withdrawn(
         withdrawn, timeout=SYNC_DEADLINE, what="the deleted entry's SVID to go", interval=0.5
     )
     assert "PermissionDenied" in err
+
+
+@SPIFFED
+def test_spire_agent_renews_its_svid_and_keeps_syncing(
+    server_binary: Path, agents: StartAgent, tmp_path: Path
+) -> None:
+    """RenewAgent: with 20 s agent SVIDs the agent rotates within seconds; the server takes the
+    new SVID (its serial becomes the agent's once the agent uses it) and the agent goes on
+    syncing with it."""
+    short = ServerProcess(server_binary, short_dir("isv-"), agent_ttl="20s")
+    try:
+        short.start()
+        bundle = write_bundle(short, tmp_path / "bundle.pem")
+        token = short.generate_token(f"{TD}/node-renew")
+        agent_id = f"{TD}/spire/agent/join_token/{token}"
+        agent = agents(token, server=short, bundle=bundle)
+        agent.wait_healthy()
+        attested_serial = short.agent_serial(agent_id)
+
+        wait_for(
+            lambda: "Successfully rotated agent SVID" in agent.log(),
+            timeout=SYNC_DEADLINE,
+            what=f"the agent to rotate its SVID\n{agent.logs()}",
+            interval=0.5,
+        )
+        wait_for(
+            lambda: short.agent_serial(agent_id) != attested_serial,
+            timeout=SYNC_DEADLINE,
+            what="the server to take the renewed SVID as the agent's",
+            interval=0.5,
+        )
+        assert "Could not rotate agent SVID" not in agent.log(), agent.logs()
+
+        workload = f"{TD}/workload-after-renewal"
+        short.create_entry(agent_id, workload, f"unix:uid:{os.getuid()}")
+        wait_for(
+            lambda: workload in svid_ids(agent.fetch_x509().stdout),
+            timeout=SYNC_DEADLINE,
+            what="an entry created after the renewal",
+            interval=0.5,
+        )
+    finally:
+        short.cleanup()

@@ -47,6 +47,8 @@ class ServerProcess:
 
     binary: Path
     workdir: Path
+    agent_ttl: str = "1h"
+    """Lifetime of agent SVIDs; SPIRE's agent renews its SVID at half of its lifetime."""
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -68,6 +70,7 @@ server {{
     trust_domain = "{TRUST_DOMAIN}"
     data_dir = "{data}"
     log_level = "DEBUG"
+    agent_ttl = "{self.agent_ttl}"
 }}
 plugins {{
     DataStore "sql" {{
@@ -140,6 +143,14 @@ plugins {{
         """``token generate -spiffeID <id>``; the token."""
         out = self.check("token", "generate", "-spiffeID", spiffe_id)
         return out.split("Token:", 1)[1].split()[0]
+
+    def agent_serial(self, agent_id: str) -> str:
+        """The serial of the agent SVID the server holds for ``agent_id`` (``agent show``)."""
+        out = self.check("agent", "show", "-spiffeID", agent_id)
+        for line in out.splitlines():
+            if line.startswith("Serial number"):
+                return line.split(":", 1)[1].strip()
+        raise AssertionError(f"agent show printed no serial number:\n{out}")
 
     def create_entry(self, parent_id: str, spiffe_id: str, *selectors: str) -> str:
         """``entry create``; the new entry's ID."""
