@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, ProtocolError
@@ -117,6 +118,21 @@ async def fetch_bundle(channel: Channel, trust_domain: TrustDomain) -> SpiffeBun
     return bundle
 
 
+async def _raise_refusal(stream: Any) -> None:
+    """The server ended ``AttestAgent`` without a result: raise its status from the trailers.
+
+    A refusal after a challenge round (a wrong proof, a banned agent) comes as trailers after
+    the challenge message, so ``recv_message`` just returns None; without reading them the
+    refusal would look like a dropped connection and be retried forever."""
+    try:
+        await stream.end()
+    except StreamClosedError:
+        # The server closed the stream: our side needs no END_STREAM any more, but grpclib
+        # only reads trailers once it believes we ended it, and has no public way to say so.
+        stream._end_done = True
+    await stream.recv_trailing_metadata()  # raises GRPCError for a non-OK status
+
+
 async def attest(
     channel: Channel,
     attestor: AgentNodeAttestor,
@@ -145,11 +161,7 @@ async def attest(
             for _ in range(_MAX_CHALLENGES + 1):
                 resp = await stream.recv_message()
                 if resp is None:
-                    # A refusal after a challenge round comes in the trailers: read them so
-                    # the server's status (PERMISSION_DENIED...) is raised, not lost.
-                    with contextlib.suppress(StreamClosedError):
-                        await stream.end()
-                    await stream.recv_trailing_metadata()
+                    await _raise_refusal(stream)
                     raise AttestationError("server closed the attestation stream without a result")
                 if resp.WhichOneof("step") == "result":
                     result = resp.result
