@@ -186,6 +186,9 @@ class ServerCache:
         server may do it, each server's hourly full reload covers one that fell behind."""
         if self.prune_events_older_than <= 0:
             return 0
+        # Apply what is there first, so this server never loses an event it had not seen
+        # (events written from now on are new, not older than the cutoff).
+        await self.refresh()
         cutoff = int(self._clock() - self.prune_events_older_than)
         pruned = int(await self.datastore.prune_events(max(cutoff, 0)))
         if pruned:
