@@ -238,6 +238,26 @@ def x509pop_material(tmp_path: Path) -> X509PopMaterial:
     return make_x509pop_material(tmp_path / "x509pop")
 
 
+@pytest.fixture(scope="session")
+def pop(tmp_path_factory: pytest.TempPathFactory) -> X509PopMaterial:
+    """The node CA of :func:`shared_server`'s x509pop attestor."""
+    return make_x509pop_material(tmp_path_factory.mktemp("shared") / "x509pop")
+
+
+@pytest.fixture(scope="session")
+def shared_server(
+    tmp_path_factory: pytest.TempPathFactory, pop: X509PopMaterial
+) -> Iterator[E2EServer]:
+    """One server (join_token and x509pop, default TTLs) for the tests that neither restart
+    nor reconfigure it; each test uses its own agents, tokens and entries. (A server takes
+    several seconds to start on a busy machine.)"""
+    s = start_server(tmp_path_factory.mktemp("shared") / "server", x509pop_ca=pop.ca_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
 # --- agent -------------------------------------------------------------------------------
 
 JOIN_TOKEN = 'NodeAttestor "join_token" { plugin_data {} }'

@@ -10,7 +10,7 @@ Workload API socket, no SVID in the server's answer.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from cryptography import x509
@@ -32,8 +32,6 @@ from tests.e2e.conftest import (
     X509PopMaterial,
     apoll,
     fetch_ids,
-    make_x509pop_material,
-    start_server,
     uid_selector,
 )
 from tests.server.nodeattestor.pki import make_cert
@@ -41,20 +39,9 @@ from tests.server.nodeattestor.pki import make_cert
 JT = "spiffe://example.org/spire/agent/join_token/"
 
 
-@pytest.fixture(scope="module")
-def pop(tmp_path_factory: pytest.TempPathFactory) -> X509PopMaterial:
-    return make_x509pop_material(tmp_path_factory.mktemp("refusals") / "x509pop")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, pop: X509PopMaterial) -> Iterator[E2EServer]:
-    """One server (join_token and x509pop) for all refusal tests: each uses its own agents,
-    tokens and entries."""
-    s = start_server(tmp_path_factory.mktemp("refusals") / "server", x509pop_ca=pop.ca_path)
-    try:
-        yield s
-    finally:
-        s.stop()
+@pytest.fixture
+def server(shared_server: E2EServer) -> E2EServer:
+    return shared_server
 
 
 async def refused(agent: AgentProcess) -> str:
