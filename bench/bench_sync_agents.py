@@ -5,11 +5,14 @@ the shape of ``bench_sync_index``: 95 entries parented to each agent, and 10 nod
 (entries parented to the server, matching a node selector every tenth agent has) with 499
 entries under each, so every agent is authorized for 594 entries. The entries are written
 in bulk (rows as the datastore writes them); the nodes through the datastore's own
-``create_node``. Then the server cache (:class:`ServerCache`, following datastore events as
-in the server) is started, and the real Entry service is served in-process
-(``grpclib.testing.ChannelFor``). A thin wrapper in front of it does what the TLS listener
-does once the peer's SVID is verified: it looks the agent up in the cache (as the listener's
-agent check does) and sets the caller. No TLS here.
+``create_node``. The server's CA and SVID are set up as ``spiffed-server`` does (memory
+KeyManager), the server cache (:class:`ServerCache`, following datastore events) is
+started, and the real Entry service is served in-process (``grpclib.testing.ChannelFor``)
+behind a thin wrapper that does what the TLS listener does once the peer's SVID is verified:
+it looks the agent up in the cache (as the listener's agent check does) and sets the caller.
+A subset of the agents (100) then also syncs through the real TLS listener
+(:class:`Endpoints`, the server's services, SPIRE's page size) with SVIDs signed by the
+server's CA, on a new connection per sync as the agent does.
 
 Each simulated agent syncs as ``spiffed-agent`` (and SPIRE's agent) does, with
 ``SyncAuthorizedEntries``: 594 entries are more than one page (500), so the server sends the
@@ -20,7 +23,8 @@ Rounds: every agent syncs once, one after another:
 2. unchanged: nothing changed since, so each gets the revisions and asks for nothing;
 3. after 100 entry changes (``update_entry`` through the datastore; the cache catches up
    from the change events before the round starts);
-4. unchanged, with ``GetAuthorizedEntries`` (every entry sent every time; for comparison).
+4. unchanged, with ``GetAuthorizedEntries`` (every entry sent every time; for comparison);
+5. over TLS, 100 agents: cold, then unchanged.
 
 Datastore queries are counted with a SQLAlchemy ``before_cursor_execute`` listener and
 split by who made them: the cache's event follower (which polls the events table once a
@@ -39,26 +43,35 @@ import random
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from cryptography import x509
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.testing import ChannelFor
 from sqlalchemy import event
 
 from spiffed._proto.spire.api.server.entry.v1 import entry_grpc, entry_pb2
+from spiffed.agent.client import ServerChannel
+from spiffed.keys import KeyType
 from spiffed.server.api import Caller, Role, allowed, caller_context
 from spiffed.server.api.entry import EntryService
+from spiffed.server.api.services import build_services
+from spiffed.server.ca.manager import CaManager, CaSettings
 from spiffed.server.cache import ServerCache
 from spiffed.server.context import ServerContext
 from spiffed.server.datastore import AttestedNode, RegistrationEntry, Selector, open_datastore
 from spiffed.server.datastore import schema as ds_schema
 from spiffed.server.datastore._entries import _row_values, normalize_entry
+from spiffed.server.endpoints import Endpoints
+from spiffed.server.keymanager.memory import MemoryKeyManager
+from spiffed.server.run_store import DatastoreCaStore
+from spiffed.server.svid import ServerSvid
 from spiffed.spiffeid import SpiffeId, TrustDomain
 
 AGENTS = 1000
@@ -66,6 +79,7 @@ DIRECT = 95
 ALIASES = 10
 PER_ALIAS = 500  # the alias entry and 499 entries under it
 CHANGES = 100
+TLS_AGENTS = 100  # the subset that also syncs over the real TLS listener
 TD = TrustDomain("example.org")
 SERVER_ID = f"spiffe://{TD}/spire/server"
 AGENT_MD = "x-bench-agent"
@@ -181,6 +195,24 @@ class Agent:
         return len(resp.entries), len(resp.entries)
 
 
+@dataclass
+class TlsAgent(Agent):
+    """A simulated agent that syncs over the server's TLS listener with its own SVID, on a
+    new connection each time (as the agent does)."""
+
+    key: Any = None
+    chain: list[Any] = field(default_factory=list)
+
+    async def sync_tls(self, port: int, roots: list[Any]) -> tuple[int, int]:
+        channel = ServerChannel(
+            "127.0.0.1", port, trust_domain=TD, roots=roots, chain=self.chain, key=self.key
+        )
+        try:
+            return await self.sync(entry_grpc.EntryStub(channel))
+        finally:
+            channel.close()
+
+
 async def _pages(stream: Any, full: list[Any], revisions: list[Any]) -> None:
     while True:
         resp = await stream.recv_message()
@@ -253,7 +285,7 @@ def build_entries(
 
 
 async def populate(
-    store: Any, agents: int, direct: int, aliases: int, per_alias: int
+    store: Any, agents: int, direct: int, aliases: int, per_alias: int, serials: dict[int, int]
 ) -> list[RegistrationEntry]:
     """Write the entries in bulk (one transaction, rows as ``create_entry`` writes them) and
     the nodes through ``create_node``."""
@@ -278,7 +310,7 @@ async def populate(
             AttestedNode(
                 agent_id(a),
                 "join_token",
-                cert_serial_number=f"{a + 1:x}",
+                cert_serial_number=f"{serials.get(a, a + 1):x}",
                 cert_not_after=expires,
                 selectors=(Selector("x509pop", f"group:{a % aliases}"),) if aliases else (),
             )
@@ -299,11 +331,9 @@ async def caught_up(store: Any, cache: ServerCache) -> None:
 
 async def run_round(
     name: str,
-    agents: list[Agent],
-    stub: entry_grpc.EntryStub,
+    agents: list[Any],
+    call: Callable[[Any], Awaitable[tuple[int, int]]],
     counter: QueryCounter,
-    *,
-    get: bool = False,
 ) -> Round:
     gc.collect()
     per_agent: list[float] = []
@@ -314,7 +344,7 @@ async def run_round(
     cpu = time.process_time()
     for agent in agents:
         t0 = time.perf_counter()
-        size, got = await (agent.get(stub) if get else agent.sync(stub))
+        size, got = await call(agent)
         per_agent.append(time.perf_counter() - t0)
         fetched += got
         sizes.add(size)
@@ -340,6 +370,7 @@ async def run(
     aliases: int = ALIASES,
     per_alias: int = PER_ALIAS,
     changes: int = CHANGES,
+    tls_agents: int = TLS_AGENTS,
     page_size: int = 0,
 ) -> Results:
     """Build the datastore, start the cache, run the rounds. ``page_size``: the Entry
@@ -349,9 +380,24 @@ async def run(
         counter = QueryCounter()
         event.listen(store.engine.sync_engine, "before_cursor_execute", counter)
         cache = ServerCache(store, TD)
+        endpoints: Endpoints | None = None
         try:
+            # The server's CA and SVID, as spiffed-server sets them up (memory KeyManager).
+            ca_store = DatastoreCaStore(store, TD.name)
+            ca = CaManager(CaSettings(trust_domain=TD), MemoryKeyManager(), ca_store)
+            await ca.start()
+            server_svid = ServerSvid(ca)
+            server_svid.rotate(force=True)
+            # SVIDs for the agents that also sync over TLS; their nodes get these serials.
+            tls_sims = []
+            for a in range(min(tls_agents, agents)):
+                key = KeyType.EC_P256.generate()
+                chain = ca.sign_x509_svid(SpiffeId.parse(agent_id(a)), key.public_key())
+                tls_sims.append(TlsAgent(agent_id(a), key=key, chain=chain))
+            serials = {a: t.chain[0].serial_number for a, t in enumerate(tls_sims)}
+
             start = time.perf_counter()
-            entries = await populate(store, agents, direct, aliases, per_alias)
+            entries = await populate(store, agents, direct, aliases, per_alias, serials)
             populated = time.perf_counter() - start
             start = time.perf_counter()
             await cache.start()
@@ -359,13 +405,8 @@ async def run(
             loaded = time.perf_counter() - start
             gc.collect()
             rss_loaded = rss_mib()
-            # ca and server_svid are not used by the Entry service's agent RPCs.
             ctx = ServerContext(
-                trust_domain=TD,
-                datastore=store,
-                ca=None,  # type: ignore[arg-type]
-                server_svid=None,  # type: ignore[arg-type]
-                cache=cache,
+                trust_domain=TD, datastore=store, ca=ca, server_svid=server_svid, cache=cache
             )
             sims = [Agent(agent_id(a)) for a in range(agents)]
             ids = [SpiffeId.parse(a.spiffe_id) for a in sims]
@@ -375,12 +416,18 @@ async def run(
             index_round = time.perf_counter() - start
 
             rounds = []
-            async with ChannelFor(
-                [AsAgent(EntryService(ctx, entry_page_size=page_size), cache)]
-            ) as channel:
+            service = AsAgent(EntryService(ctx, entry_page_size=page_size), cache)
+            async with ChannelFor([service]) as channel:
                 stub = entry_grpc.EntryStub(channel)
-                rounds.append(await run_round("cold", sims, stub, counter))
-                rounds.append(await run_round("unchanged", sims, stub, counter))
+
+                async def sync(agent: Agent) -> tuple[int, int]:
+                    return await agent.sync(stub)
+
+                async def get(agent: Agent) -> tuple[int, int]:
+                    return await agent.get(stub)
+
+                rounds.append(await run_round("cold", sims, sync, counter))
+                rounds.append(await run_round("unchanged", sims, sync, counter))
                 rng = random.Random(changes)
                 for e in rng.sample(entries, min(changes, len(entries))):
                     await store.update_entry(
@@ -388,11 +435,33 @@ async def run(
                     )
                 await caught_up(store, cache)
                 rounds.append(
-                    await run_round(f"after {changes} entry changes", sims, stub, counter)
+                    await run_round(f"after {changes} entry changes", sims, sync, counter)
                 )
-                rounds.append(
-                    await run_round("unchanged, GetAuthorized", sims, stub, counter, get=True)
+                rounds.append(await run_round("unchanged, GetAuthorized", sims, get, counter))
+
+            if tls_sims:
+                # The real listener: TLS handshake with the agent's SVID, the agent check
+                # against the cache, then the same Entry service.
+                endpoints = Endpoints(
+                    ctx,
+                    build_services(ctx),
+                    socket_path=Path(tmp) / "api.sock",
+                    bind_address="127.0.0.1",
+                    bind_port=0,
                 )
+                bundle = await ca_store.get_bundle()
+                endpoints.set_bundle(bundle)
+                await endpoints.start()
+                assert endpoints.tcp_address is not None
+                port = endpoints.tcp_address[1]
+                roots = [x509.load_der_x509_certificate(a.asn1) for a in bundle.x509_authorities]
+
+                async def sync_tls(agent: TlsAgent) -> tuple[int, int]:
+                    return await agent.sync_tls(port, roots)
+
+                n = len(tls_sims)
+                for name in (f"TLS, {n} agents: cold", f"TLS, {n} agents: unchanged"):
+                    rounds.append(await run_round(name, tls_sims, sync_tls, counter))
             gc.collect()
             return Results(
                 agents,
@@ -405,6 +474,8 @@ async def run(
                 rss_mib(),
             )
         finally:
+            if endpoints is not None:
+                await endpoints.stop()
             await cache.stop()
             await store.close()
 
@@ -428,14 +499,16 @@ def report(r: Results) -> None:
     for rd in r.rounds:
         print(
             f"{rd.name:<32}{rd.wall:>8.2f}{rd.cpu:>7.2f}{rd.p50 * ms:>8.2f}{rd.p95 * ms:>8.2f}"
-            f"{rd.wall / r.index_round_s:>8.1f}{rd.entries_per_agent:>8}{rd.fetched:>9,}"
+            f"{rd.wall / len(rd.per_agent) / (r.index_round_s / r.agents):>8.1f}"
+            f"{rd.entries_per_agent:>8}{rd.fetched:>9,}"
             f"{rd.sync_queries:>11}{rd.follower_queries:>9}"
         )
         for stmt in rd.statements:
             print(f"    query: {stmt}")
     print(
         "ds queries: statements sent by the sync RPCs during the round (target 0); "
-        "follower: the cache's event poll (once a second, whatever the agents do)"
+        "follower: the cache's event poll (once a second, whatever the agents do); "
+        "x index: mean time per agent / index lookup per agent"
     )
     print(f"process RSS at the end: {r.rss_end:.0f} MiB")
 
