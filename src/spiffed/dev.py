@@ -315,35 +315,52 @@ class _Layout:
     remove: list[Path] = field(default_factory=list)
     """Directories removed at exit (ephemeral root, socket fallback)."""
     note: str = ""
+    lock: IO[bytes] | None = None
 
     @classmethod
     def make(cls, data_dir: Path | None) -> _Layout:
-        remove: list[Path] = []
+        """Create (and lock) the directories; :meth:`cleanup` undoes what is temporary."""
+        layout = cls(Path(), Path(), Path(), Path(), Path())
+        try:
+            layout._make(data_dir)
+        except OSError as exc:
+            layout.cleanup()
+            raise DevError(f"cannot prepare the data directory: {exc}") from None
+        except BaseException:
+            layout.cleanup()
+            raise
+        return layout
+
+    def _make(self, data_dir: Path | None) -> None:
         if data_dir is None:
             root = _short_tmp_dir()
-            remove.append(root)
+            self.remove.append(root)
         else:
             root = data_dir
             root.mkdir(parents=True, exist_ok=True)
-        server_dir, agent_dir = root / "server", root / "agent"
-        for private in (server_dir, agent_dir):
+            self.lock = _lock(root)
+        self.root = root
+        self.server_dir, self.agent_dir = root / "server", root / "agent"
+        for private in (self.server_dir, self.agent_dir):
             private.mkdir(mode=0o700, exist_ok=True)
             private.chmod(0o700)  # keys and the admin socket live here
-        sockets, admin = root / "agent.sock", server_dir / "api.sock"
-        note = ""
-        if not (_socket_ok(sockets) and _socket_ok(admin)):
+        self.agent_socket, self.admin_socket = root / "agent.sock", self.server_dir / "api.sock"
+        if not (_socket_ok(self.agent_socket) and _socket_ok(self.admin_socket)):
             short = _short_tmp_dir()
-            remove.append(short)
-            sockets, admin = short / "agent.sock", short / "private" / "api.sock"
-            note = (
+            self.remove.append(short)
+            self.agent_socket, self.admin_socket = short / "agent.sock", short / "private/api.sock"
+            self.note = (
                 f"{root} is too long for Unix socket paths (at most {MAX_SOCKET_PATH} bytes) or "
                 f"has characters a unix:// address cannot carry; sockets are in {short}"
             )
-        return cls(root, server_dir, agent_dir, sockets, admin, remove, note)
 
     def cleanup(self) -> None:
+        """Remove the temporary directories and release the lock."""
         for path in self.remove:
             shutil.rmtree(path, ignore_errors=True)
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
 
 def _write_state(data_dir: Path, trust_domain: TrustDomain, agent_id: str | None) -> None:
@@ -634,28 +651,17 @@ async def serve(
     on_ready: Callable[[DevReady], None] | None = None,
     on_start: Callable[[str], None] | None = None,
     started: float | None = None,
+    note_signals: bool = False,
 ) -> None:
     """Run the server and the agent of ``plan`` until ``stop`` is set or SIGINT/SIGTERM.
 
     ``on_start`` receives notes worth telling the user before ready (where the sockets
     went); ``on_ready`` is called once the SVIDs of the registrations can be served.
+    ``note_signals``: :func:`run` notes SIGINT/SIGTERM while the loop does not handle
+    them; one noted before the start stops it, and they are noted again after the stop.
     Raises :class:`DevError` when a part cannot start or fails."""
-    import structlog
-
-    from spiffed.agent.run import RunningAgent
-    from spiffed.agent.run import serve as agent_serve
-    from spiffed.server.run import serve as server_serve
-
-    t0 = time.monotonic() if started is None else started
-    log = structlog.get_logger("spiffed.dev")
-    log.debug("imports done", seconds=round(time.monotonic() - t0, 3))
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    layout = _Layout.make(plan.data_dir)
-    lock: IO[bytes] | None = None
-    server_stop, agent_stop = asyncio.Event(), asyncio.Event()
-    server_task: asyncio.Task[None] | None = None
-    agent_task: asyncio.Task[None] | None = None
     handlers = False
 
     def install_handlers() -> None:
@@ -665,13 +671,31 @@ async def serve(
                 loop.add_signal_handler(sig, stop.set)
                 handlers = True
 
+    install_handlers()  # before the slow imports: a signal during them stops the start
+    if note_signals and _early_signals:  # one came before the event loop took them over
+        stop.set()
+    import structlog
+
+    from spiffed.agent.run import RunningAgent
+    from spiffed.agent.run import serve as agent_serve
+    from spiffed.server.run import serve as server_serve
+
+    t0 = time.monotonic() if started is None else started
+    log = structlog.get_logger("spiffed.dev")
+    log.debug("imports done", seconds=round(time.monotonic() - t0, 3))
+    layout: _Layout | None = None
+    server_stop, agent_stop = asyncio.Event(), asyncio.Event()
+    server_task: asyncio.Task[None] | None = None
+    agent_task: asyncio.Task[None] | None = None
     try:
-        if plan.data_dir is not None:
-            lock = _lock(plan.data_dir)
-            if not plan.resumed:
-                _write_state(plan.data_dir, plan.trust_domain, None)
+        layout = _Layout.make(plan.data_dir)
+        if plan.data_dir is not None and not plan.resumed:
+            _write_state(plan.data_dir, plan.trust_domain, None)
         if layout.note and on_start is not None:
             on_start(layout.note)
+        await asyncio.sleep(0)  # run the handler of a signal that came during the imports
+        if stop.is_set():
+            raise _Stopped
         server_ready: asyncio.Future[Any] = loop.create_future()
         server_task = asyncio.create_task(
             server_serve(
@@ -682,6 +706,9 @@ async def serve(
             name="server",
         )
         endpoints = await _race(server_ready, stop, server_task)
+        install_handlers()  # the server took them: a signal must not close its datastore now
+        if server_stop.is_set():  # a signal reached the server as it became ready
+            raise _Stopped
         log.debug("server ready", seconds=round(time.monotonic() - t0, 3))
         ctx = endpoints._ctx  # the running server's context (datastore, cache)
         port = endpoints.tcp_address[1]
@@ -710,6 +737,8 @@ async def serve(
         agent = await _race(agent_ready, stop, server_task, agent_task)
         log.debug("agent ready", seconds=round(time.monotonic() - t0, 3))
         install_handlers()  # one Ctrl-C stops both, in order
+        if agent_stop.is_set():  # a signal reached the agent as it became ready
+            raise _Stopped
         watch = asyncio.ensure_future(_until_served(agent.cache, entry_ids))
         try:
             await _race(watch, stop, server_task, agent_task)
@@ -741,9 +770,10 @@ async def serve(
             if handlers:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
-            layout.cleanup()
-            if lock is not None:
-                lock.close()
+                    if note_signals:
+                        signal.signal(sig, _note_signal)  # stopping already: note, go on
+            if layout is not None:
+                layout.cleanup()
 
 
 async def _shutdown(task: asyncio.Task[None] | None, stop: asyncio.Event) -> None:
@@ -779,6 +809,14 @@ def ready_lines(ready: DevReady, registrations: Sequence[Registration]) -> list[
     return lines
 
 
+_early_signals: list[int] = []
+"""Signals :func:`run` noted while the event loop was not handling them."""
+
+
+def _note_signal(signum: int, _frame: object) -> None:
+    _early_signals.append(signum)
+
+
 def run(options: DevOptions, *, out: TextIO = sys.stdout, started: float | None = None) -> int:
     """``spiffed dev``: the process exit status (0 after Ctrl-C/SIGTERM, 1 when something
     failed, 2 for a usage error)."""
@@ -792,6 +830,10 @@ def run(options: DevOptions, *, out: TextIO = sys.stdout, started: float | None 
         print(f"spiffed dev: error: {exc}", file=sys.stderr)
         return 1
     configure_logging(checked.log_level)
+    # Until the event loop takes the signals over (and once it let them go), a signal is
+    # only noted: serve() stops at once when one came before it started.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _note_signal)
 
     def say(line: str) -> None:
         print(line, file=out, flush=True)
@@ -814,12 +856,11 @@ def run(options: DevOptions, *, out: TextIO = sys.stdout, started: float | None 
                 on_ready=ready,
                 on_start=lambda note: say(f"spiffed dev: note: {note}"),
                 started=t0,
+                note_signals=True,
             )
         )
     except DevError as exc:
         print(f"spiffed dev: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # a second Ctrl-C while stopping
-        return 130
     say("spiffed dev: stopped")
     return 0
