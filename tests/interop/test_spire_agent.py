@@ -245,10 +245,11 @@ def test_used_join_token_is_refused_and_deleted_entry_is_withdrawn(
 def test_spire_agent_renews_its_svid_and_keeps_syncing(
     server_binary: Path, agents: StartAgent, tmp_path: Path
 ) -> None:
-    """RenewAgent: with 20 s agent SVIDs the agent rotates within seconds; the server takes the
-    new SVID (its serial becomes the agent's once the agent uses it) and the agent goes on
+    """RenewAgent: with 15 s agent SVIDs (25 s of validity with the 10 s backdate) the agent
+    rotates at its check about 5 s in (half-life with SPIRE's +-10 % jitter); the server takes
+    the new SVID (its serial becomes the agent's once the agent uses it) and the agent goes on
     syncing with it."""
-    short = ServerProcess(server_binary, short_dir("isv-"), agent_ttl="20s")
+    short = ServerProcess(server_binary, short_dir("isv-"), agent_ttl="15s")
     try:
         short.start()
         bundle = write_bundle(short, tmp_path / "bundle.pem")
