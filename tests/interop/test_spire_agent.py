@@ -182,6 +182,7 @@ def test_spire_agent_attests_syncs_and_serves_x509_svid(
     served_bundle = x509.load_pem_x509_certificates((written / "bundle.0.pem").read_bytes())
     server_bundle = x509.load_pem_x509_certificates(bundle.read_bytes())
     assert set(served_bundle) == set(server_bundle)
+    # X5-01: the SVID the server signed carries exactly one URI SAN, the SPIFFE ID.
     leaf = x509.load_pem_x509_certificates((written / "svid.0.pem").read_bytes())[0]
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert len(sans.get_values_for_type(x509.UniformResourceIdentifier)) == 1
