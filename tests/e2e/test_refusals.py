@@ -247,8 +247,10 @@ async def test_banned_and_evicted_agents_get_spire_reasons(
         with pytest.raises(GRPCError) as info:
             await batch_new(server, state, (entry, csr()[1]))
         assert info.value.status == Status.PERMISSION_DENIED
-        got[verb] = (info.value.message, denied_reason(info.value.details))
-        want[verb] = (f'agent "{agent_id}" {message}', reason)
+        # SPIRE's wording is `agent "<id>" is banned` (Go's %q); the reason is what agents act on
+        text = info.value.message or ""
+        got[verb] = (agent_id in text and message in text, denied_reason(info.value.details))
+        want[verb] = (True, reason)
     assert got == want
 
 
