@@ -20,10 +20,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from google.protobuf import any_pb2
 from grpclib.client import Channel
-from grpclib.const import Status
-from grpclib.encoding.base import StatusDetailsCodecBase
 from grpclib.protocol import EventsProcessor, H2Protocol
 from h2.errors import ErrorCodes
 from h2.events import StreamReset
@@ -34,6 +31,7 @@ from spiffed._proto.spire.api.types import x509svid_pb2 as types_x509svid
 from spiffed.bundle import SpiffeBundle, X509Bundle
 from spiffed.bundle.errors import BundleError
 from spiffed.bundle.jwt import JwtAuthority
+from spiffed.grpcstatus import SpireStatusDetailsCodec
 from spiffed.keys import PrivateKey
 from spiffed.spiffeid import SpiffeId, TrustDomain
 from spiffed.svid.x509 import X509Svid, X509SvidError, check_leaf
@@ -148,60 +146,6 @@ def bundle_from_proto(msg: types_bundle.Bundle) -> SpiffeBundle:
         raise ServerClientError(f"server sent an unusable bundle: {exc}") from None
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _status_details(data: bytes) -> list[any_pb2.Any]:
-    """The ``details`` (field 3) of a serialized ``google.rpc.Status``."""
-    out: list[any_pb2.Any] = []
-    pos = 0
-    while pos < len(data):
-        tag, pos = _varint(data, pos)
-        wire = tag & 7
-        if wire == 0:
-            _, pos = _varint(data, pos)
-        elif wire == 2:
-            size, pos = _varint(data, pos)
-            chunk, pos = data[pos : pos + size], pos + size
-            if tag >> 3 == 3:
-                out.append(any_pb2.Any.FromString(chunk))
-        elif wire == 5:
-            pos += 4
-        elif wire == 1:
-            pos += 8
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-    return out
-
-
-class _SpireStatusDetails(StatusDetailsCodecBase):
-    """Decodes ``grpc-status-details-bin`` for the one detail the agent acts on:
-    ``spire.api.types.PermissionDeniedDetails`` (why an agent was refused)."""
-
-    def encode(self, status: Status, message: str | None, details: Any) -> bytes:
-        raise NotImplementedError("the agent never sends status details")
-
-    def decode(self, status: Status, message: str | None, data: bytes) -> Any:
-        try:
-            found = []
-            for item in _status_details(data):
-                if item.TypeName() == types_status.PermissionDeniedDetails.DESCRIPTOR.full_name:
-                    found.append(types_status.PermissionDeniedDetails.FromString(item.value))
-            return found
-        except ValueError:
-            return []
-
-
 def denied_reason(details: Any) -> str | None:
     """The ``PermissionDeniedDetails`` reason name (``AGENT_BANNED``...) in a
     :class:`~grpclib.exceptions.GRPCError`'s details, or None."""
@@ -261,7 +205,7 @@ class ServerChannel(Channel):
             if not roots:
                 raise ServerClientError(f"no X.509 authorities to trust {trust_domain}'s server")
             ctx = client_context(roots, chain, key)
-        super().__init__(host, port, ssl=ctx, status_details_codec=_SpireStatusDetails())
+        super().__init__(host, port, ssl=ctx, status_details_codec=SpireStatusDetailsCodec())
         self.trust_domain = trust_domain
         self.expected_id = server_id(trust_domain)
         self._roots = None if roots is None else tuple(roots)

@@ -19,7 +19,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,9 @@ from grpclib.health.service import Health
 from grpclib.server import Server
 
 from spiffed import tls
-from spiffed._proto.spire.api.types import bundle_pb2
+from spiffed._proto.spire.api.types import bundle_pb2, status_pb2
 from spiffed.bundle import X509Bundle
+from spiffed.grpcstatus import SpireStatusDetailsCodec
 from spiffed.grpcutil import GrpcUtilError, PeerCredentials, start_unix_server
 from spiffed.server.api import POLICY, Caller, Role, allowed, caller_context
 from spiffed.server.context import ServerContext
@@ -123,6 +124,17 @@ def _serial_matches(serial: int, stored: str) -> bool:
         return False
 
 
+_Reason = status_pb2.PermissionDeniedDetails.Reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Denial:
+    """Why the agent check refused a caller: SPIRE's reason code and message."""
+
+    reason: int
+    message: str
+
+
 class Endpoints:
     """Runs the Unix-socket and TLS listeners for a set of services."""
 
@@ -138,8 +150,9 @@ class Endpoints:
         self._ctx = ctx
         local_services: list[Any] = [*services, Health()]
         tcp_services: list[Any] = [s for s in services if not _is_local_only(s)]
-        self._unix = Server(local_services)
-        self._tcp = Server(tcp_services)
+        codec = SpireStatusDetailsCodec()
+        self._unix = Server(local_services, status_details_codec=codec)
+        self._tcp = Server(tcp_services, status_details_codec=codec)
         self._socket_path = socket_path
         self._bind = (bind_address, bind_port)
         self._roots: list[x509.Certificate] = []
@@ -221,15 +234,22 @@ class Endpoints:
             raise GRPCError(Status.PERMISSION_DENIED, "only served on the local socket")
         addr = event.peer.addr()
         address = f"{addr[0]}:{addr[1]}" if addr else None
-        caller = await self._tls_caller(event, method, address)
-        self._admit(event, caller)
+        caller, denial = await self._tls_caller(event, method, address)
+        self._admit(event, caller, denial)
 
-    def _admit(self, event: RecvRequest, caller: Caller) -> None:
+    def _admit(self, event: RecvRequest, caller: Caller, denial: _Denial | None = None) -> None:
         if not allowed(event.method_name, caller):
             who = str(caller.spiffe_id) if caller.spiffe_id else "caller"
+            message = f"authorization denied for method {event.method_name}: {who} is not allowed"
+            if denial is None:
+                raise GRPCError(Status.PERMISSION_DENIED, message)
+            # As SPIRE: the agent check's reason travels as PermissionDeniedDetails, so an
+            # agent can tell a ban (stop) from an eviction (re-attest).
+            _log.error("Agent refused", agent=who, reason=denial.message)
             raise GRPCError(
                 Status.PERMISSION_DENIED,
-                f"authorization denied for method {event.method_name}: {who} is not allowed",
+                f"{message}: {denial.message}",
+                [status_pb2.PermissionDeniedDetails(reason=denial.reason)],  # type: ignore[arg-type]
             )
         handler = event.method_func
 
@@ -242,20 +262,25 @@ class Endpoints:
 
         event.method_func = with_caller
 
-    async def _tls_caller(self, event: RecvRequest, method: str, address: str | None) -> Caller:
+    async def _tls_caller(
+        self, event: RecvRequest, method: str, address: str | None
+    ) -> tuple[Caller, _Denial | None]:
         transport = getattr(event.peer, "_transport", None)
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         chain = _peer_chain(ssl_object) if ssl_object is not None else []
         if not chain:
-            return Caller(address=address)
+            return Caller(address=address), None
         spiffe_id = await self._verify(chain)
         if spiffe_id is None:
             raise GRPCError(Status.UNAUTHENTICATED, "client certificate is not a valid SVID")
         roles = {Role.ANY}
+        denial = None
         wanted = POLICY.get(method, frozenset())
         if Role.ANY not in wanted:
-            roles |= await self._roles(spiffe_id, chain[0], wanted)
-        return Caller(address=address, spiffe_id=spiffe_id, roles=frozenset(roles))
+            more, denial = await self._roles(spiffe_id, chain[0], wanted)
+            roles |= more
+        caller = Caller(address=address, spiffe_id=spiffe_id, roles=frozenset(roles))
+        return caller, denial
 
     async def _verify(self, chain: list[x509.Certificate]) -> SpiffeId | None:
         td = self._ctx.trust_domain
@@ -286,7 +311,7 @@ class Endpoints:
 
     async def _roles(
         self, spiffe_id: SpiffeId, leaf: x509.Certificate, wanted: frozenset[Role]
-    ) -> set[Role]:
+    ) -> tuple[set[Role], _Denial | None]:
         from spiffed.server.datastore import EntryFilter
 
         ds = self._ctx.datastore
@@ -303,24 +328,23 @@ class Endpoints:
             page = await ds.list_entries(EntryFilter(by_spiffe_id=sid, by_downstream=True))
             if page.items:
                 roles.add(Role.DOWNSTREAM)
-        if (
-            Role.AGENT in wanted
-            and spiffe_id.trust_domain == self._ctx.trust_domain
-            and await self._is_active_agent(spiffe_id, leaf)
-        ):
-            roles.add(Role.AGENT)
-        return roles
+        denial = None
+        if Role.AGENT in wanted and spiffe_id.trust_domain == self._ctx.trust_domain:
+            denial = await self._agent_denial(spiffe_id, leaf)
+            if denial is None:
+                roles.add(Role.AGENT)
+        return roles, denial
 
-    async def _is_active_agent(self, spiffe_id: SpiffeId, leaf: x509.Certificate) -> bool:
+    async def _agent_denial(self, spiffe_id: SpiffeId, leaf: x509.Certificate) -> _Denial | None:
         """SPIRE's agent check: attested, not banned (no current serial), SVID unexpired,
         and its serial is the node's current one, or the new one, which is then made current
         (the agent has switched to its renewed SVID)."""
         from spiffed.server.datastore import NotFoundError
 
-        if leaf.not_valid_after_utc <= datetime.now(UTC):
-            return False
-        cache = self._ctx.cache
         sid = str(spiffe_id)
+        if leaf.not_valid_after_utc <= datetime.now(UTC):
+            return _Denial(_Reason.AGENT_EXPIRED, f"agent {sid!r} SVID is expired")
+        cache = self._ctx.cache
         if cache is not None:
             node = await cache.node(spiffe_id)
             if node is not None and not (
@@ -335,12 +359,18 @@ class Endpoints:
                 node = await self._ctx.datastore.get_node(sid)
             except NotFoundError:
                 node = None
-        if node is None or not node.cert_serial_number:
-            return False
+        if node is None:
+            return _Denial(_Reason.AGENT_NOT_ATTESTED, f"agent {sid!r} is not attested")
+        if not node.cert_serial_number:
+            return _Denial(_Reason.AGENT_BANNED, f"agent {sid!r} is banned")
         if _serial_matches(leaf.serial_number, node.cert_serial_number):
-            return True
+            return None
         if not _serial_matches(leaf.serial_number, node.new_cert_serial_number):
-            return False
+            return _Denial(
+                _Reason.AGENT_NOT_ACTIVE,
+                f"agent {sid!r} expected to have serial number {node.cert_serial_number!r}; "
+                f"has '{leaf.serial_number}'",
+            )
         promoted = replace(
             node,
             cert_serial_number=node.new_cert_serial_number,
@@ -365,4 +395,4 @@ class Endpoints:
             ) from None
         if cache is not None:
             await cache.refresh()
-        return True
+        return None

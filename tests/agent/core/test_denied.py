@@ -8,8 +8,9 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from spiffed._proto.spire.api.types import status_pb2
-from spiffed.agent.client import _SpireStatusDetails, denied_reason
+from spiffed.agent.client import denied_reason
 from spiffed.agent.manager.manager import AgentDeniedError, _server_error
+from spiffed.grpcstatus import SpireStatusDetailsCodec
 
 
 def _field(number: int, wire: int, payload: bytes) -> bytes:
@@ -37,7 +38,7 @@ def rpc_status(reason: int, message: str = "agent is banned") -> bytes:
 
 
 def test_permission_denied_details_reason_is_decoded() -> None:
-    codec = _SpireStatusDetails()
+    codec = SpireStatusDetailsCodec()
     banned = codec.decode(Status.PERMISSION_DENIED, "x", rpc_status(4))
     assert denied_reason(banned) == "AGENT_BANNED"
     evicted = codec.decode(Status.PERMISSION_DENIED, "x", rpc_status(2))
@@ -45,14 +46,14 @@ def test_permission_denied_details_reason_is_decoded() -> None:
 
 
 def test_garbage_status_details_are_ignored() -> None:
-    codec = _SpireStatusDetails()
+    codec = SpireStatusDetailsCodec()
     assert codec.decode(Status.PERMISSION_DENIED, "x", b"\xff\xff\xff") == []
     assert codec.decode(Status.PERMISSION_DENIED, "x", b"") == []
     assert denied_reason(None) is None
 
 
 def test_ban_and_eviction_are_told_apart() -> None:
-    codec = _SpireStatusDetails()
+    codec = SpireStatusDetailsCodec()
     banned = _server_error(
         "sync",
         GRPCError(Status.PERMISSION_DENIED, "no", codec.decode(Status.OK, "", rpc_status(4))),

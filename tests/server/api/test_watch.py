@@ -22,6 +22,8 @@ from spiffed import tls
 from spiffed._proto.spiffed.api.server.watch.v1 import watch_grpc, watch_pb2
 from spiffed._proto.spire.api.server.entry.v1 import entry_grpc
 from spiffed._proto.spire.api.server.entry.v1 import entry_pb2 as E
+from spiffed.agent.client import denied_reason
+from spiffed.grpcstatus import SpireStatusDetailsCodec
 from spiffed.keys import KeyType, PrivateKey
 from spiffed.server.api.services import build_services
 from spiffed.server.api.watch import WatchService
@@ -123,7 +125,12 @@ class Listener:
     def channel(self, chain: list[x509.Certificate], key: PrivateKey) -> Channel:
         assert self.endpoints.tcp_address is not None
         ctx = tls.client_context(self.roots, chain, key)
-        return Channel("127.0.0.1", self.endpoints.tcp_address[1], ssl=ctx)
+        return Channel(
+            "127.0.0.1",
+            self.endpoints.tcp_address[1],
+            ssl=ctx,
+            status_details_codec=SpireStatusDetailsCodec(),
+        )
 
 
 @pytest.fixture
@@ -145,28 +152,34 @@ async def listener(api: Api, tmp_path: Path) -> AsyncIterator[Listener]:
         await endpoints.stop(grace=1)
 
 
-async def sync_status(listener: Listener, chain: Any, key: Any) -> Status:
+async def sync_refusal(listener: Listener, chain: Any, key: Any) -> tuple[Status, str | None]:
+    """The status of a sync call and SPIRE's PermissionDeniedDetails reason, if sent."""
     channel = listener.channel(chain, key)
     try:
         await entry_grpc.EntryStub(channel).GetAuthorizedEntries(E.GetAuthorizedEntriesRequest())
     except GRPCError as exc:
-        return exc.status
+        return exc.status, denied_reason(exc.details)
     finally:
         channel.close()
-    return Status.OK
+    return Status.OK, None
+
+
+async def sync_status(listener: Listener, chain: Any, key: Any) -> Status:
+    return (await sync_refusal(listener, chain, key))[0]
 
 
 async def test_tls_agent_admitted_then_refused_once_evicted(listener: Listener) -> None:
     ds, cache = listener.api.ds, listener.api.ctx.cache
     assert cache is not None
     chain, key = listener.svid(AGENT)
-    assert await sync_status(listener, chain, key) is Status.PERMISSION_DENIED  # not attested
+    not_attested = (Status.PERMISSION_DENIED, "AGENT_NOT_ATTESTED")
+    assert await sync_refusal(listener, chain, key) == not_attested
     await ds.create_node(attested(AGENT, str(chain[0].serial_number)))
     # Attested a moment ago (event maybe not applied yet): the cache reads it once.
     assert await sync_status(listener, chain, key) is Status.OK
     await ds.delete_node(AGENT)
     await cache.refresh()
-    assert await sync_status(listener, chain, key) is Status.PERMISSION_DENIED
+    assert await sync_refusal(listener, chain, key) == not_attested
 
 
 async def test_tls_banned_agent_refused(listener: Listener) -> None:
@@ -178,7 +191,7 @@ async def test_tls_banned_agent_refused(listener: Listener) -> None:
     assert await sync_status(listener, chain, key) is Status.OK
     await ds.ban_node(AGENT)
     await cache.refresh()
-    assert await sync_status(listener, chain, key) is Status.PERMISSION_DENIED
+    assert await sync_refusal(listener, chain, key) == (Status.PERMISSION_DENIED, "AGENT_BANNED")
 
 
 async def test_tls_old_or_other_serial_refused(listener: Listener) -> None:
@@ -191,8 +204,9 @@ async def test_tls_old_or_other_serial_refused(listener: Listener) -> None:
     await ds.create_node(attested(AGENT, str(chain[0].serial_number)))
     await ds.create_node(attested(OTHER, "12345"))
     await cache.refresh()
-    assert await sync_status(listener, old_chain, old_key) is Status.PERMISSION_DENIED
-    assert await sync_status(listener, other_chain, other_key) is Status.PERMISSION_DENIED
+    not_active = (Status.PERMISSION_DENIED, "AGENT_NOT_ACTIVE")
+    assert await sync_refusal(listener, old_chain, old_key) == not_active
+    assert await sync_refusal(listener, other_chain, other_key) == not_active
 
 
 async def test_tls_renewed_svid_is_promoted_to_current(listener: Listener) -> None:
