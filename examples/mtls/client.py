@@ -92,6 +92,9 @@ async def main() -> int:
     parser.add_argument("--requests", type=int, default=10, help="0: until Ctrl-C or SIGTERM")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between requests")
     parser.add_argument("--timeout", type=float, default=15.0, help="wait for the first SVID")
+    parser.add_argument(
+        "--request-timeout", type=float, default=10.0, help="seconds to connect and get an answer"
+    )
     args = parser.parse_args()
 
     try:
@@ -116,7 +119,9 @@ async def main() -> int:
     while not stop.is_set() and (args.requests == 0 or sent < args.requests):
         sent += 1
         try:
-            server_serial, answer = await request(tls, args.host, args.port, sent, 5.0)
+            server_serial, answer = await request(
+                tls, args.host, args.port, sent, args.request_timeout
+            )
             words = answer.split()
             if words[:2] != ["hello", str(sent)] or words[-2] != "serial":
                 raise ValueError(f"unexpected answer {answer!r}")
