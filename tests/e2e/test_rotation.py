@@ -95,8 +95,8 @@ class Connections:
     web: Workload
     api: Workload
     phase: str = "before"
-    ok: list[tuple[str, int, int]] = field(default_factory=list)
-    """(phase, web leaf serial, api leaf serial) of each successful connection."""
+    ok: list[tuple[str, x509.Certificate, x509.Certificate]] = field(default_factory=list)
+    """(phase, web leaf, api leaf) of each successful connection."""
     failed: list[tuple[str, str]] = field(default_factory=list)
 
     async def once(self) -> None:
@@ -134,7 +134,7 @@ class Connections:
         finally:
             listener.close()
             await listener.wait_closed()
-        self.ok.append((self.phase, web_svid.leaf.serial_number, api_svid.leaf.serial_number))
+        self.ok.append((self.phase, web_svid.leaf, api_svid.leaf))
 
     async def run(self) -> None:
         while True:
@@ -213,7 +213,7 @@ async def test_rotation_and_ca_rotation_keep_mtls_working(
         assert {der(r) for r in web.current[1]} == old_roots | {der(root)}, "old root kept"
         # prepared, not active: SVIDs are still signed by the old CA
         assert signed_by(web.current[0].leaf, old_root)
-        await apoll(lambda: conns.count("prepared") >= 3, timeout=10, what="connections")
+        await apoll(lambda: conns.count("prepared") >= 5, timeout=10, what="connections")
 
         server.ok("localauthority", "x509", "activate", "-authorityID", authority_id)
         conns.phase = "activated"
@@ -229,7 +229,7 @@ async def test_rotation_and_ca_rotation_keep_mtls_working(
             first_root = next(i for i, (_, _, rs) in enumerate(w.seen) if der(root) in map(der, rs))
             assert first_root < first_new
         conns.phase = "new-ca"
-        await apoll(lambda: conns.count("new-ca") >= 3, timeout=10, what="connections")
+        await apoll(lambda: conns.count("new-ca") >= 5, timeout=10, what="connections")
     finally:
         for t in tasks:
             t.cancel()
@@ -237,10 +237,16 @@ async def test_rotation_and_ca_rotation_keep_mtls_working(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
     assert not conns.failed, conns.failed
+    signers = {(signed_by(w, root), signed_by(a, root)) for p, w, a in conns.ok if p == "activated"}
     print(  # shown with -s: the figures of this run
         "mTLS connections per phase:",
         {p: conns.count(p) for p in ("before", "prepared", "activated", "new-ca")},
+        "(web, api) signed by the new CA while activating:",
+        sorted(signers),
         "SVIDs seen:",
         {w.spiffe_id: len(w.distinct_svids()) for w in (web, api)},
     )
-    assert all(conns.count(p) >= 3 for p in ("before", "prepared", "new-ca"))
+    assert conns.count("before") >= 3
+    assert all(conns.count(p) >= 5 for p in ("prepared", "new-ca"))
+    assert all(signed_by(w, old_root) for p, w, _ in conns.ok if p in ("before", "prepared"))
+    assert all(signed_by(w, root) and signed_by(a, root) for p, w, a in conns.ok if p == "new-ca")
