@@ -193,14 +193,15 @@ async def test_banned_agent_is_refused_and_stops(
     assert "Agent banned successfully" in server.ok("agent", "ban", "-spiffeID", agent_id)
     assert server.agents()[agent_id]["banned"] is True
 
-    # The running agent's next sync is refused: it stops serving and exits with the reason.
-    # (It cannot tell the ban from an eviction, see the xfail test below, so it attests
-    # again first and that is refused with SPIRE's "agent is banned".)
+    # The running agent's next sync is refused (AGENT_BANNED): as SPIRE's, it removes its
+    # SVID and shuts down, without trying to attest again.
     code = await agent.wait_exit()
     log = agent.log
     assert code == 1, log
-    assert "agent is banned" in log
+    assert "agent is banned: removing SVID and shutting down" in log
+    assert log.count("node attested") == 1
     assert not agent.socket_path.exists()
+    assert not (agent.data_dir / SVID_FILE).exists()
 
     # The server signs nothing for the banned agent's SVID.
     with pytest.raises(GRPCError) as info:
@@ -218,17 +219,11 @@ async def test_banned_agent_is_refused_and_stops(
     assert record["banned"] is True and not record["x509svid_serial_number"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spiffed-server refuses a banned or evicted agent's call with a generic "
-    "'authorization denied for method ...' and no PermissionDeniedDetails; SPIRE's "
-    "AgentAuthorizer says 'agent \"<id>\" is banned' (AGENT_BANNED) / '... is not attested' "
-    "(AGENT_NOT_ATTESTED), which a stock spire-agent needs to shut down / re-attest "
-    "(src/spiffed/server/endpoints.py _admit/_is_active_agent)",
-)
 async def test_banned_and_evicted_agents_get_spire_reasons(
     server: E2EServer, agents: Callable[..., AgentProcess]
 ) -> None:
+    """A call with a banned or evicted agent's SVID carries SPIRE's PermissionDeniedDetails
+    reason, which a stock spire-agent needs to shut down or attest again."""
     got, want = {}, {}
     for verb, message, reason in (
         ("ban", "is banned", "AGENT_BANNED"),
