@@ -296,14 +296,17 @@ async def measure_agent(
                 arrived = workload.expect(f"spiffe://{TD}{sid}")
                 await admin.create_entry(agent_path, sid)
                 created = time.perf_counter()
-                try:
-                    async with asyncio.timeout(DEADLINE):
-                        at = await arrived
-                except TimeoutError:
+                assert workload.task is not None
+                done, _ = await asyncio.wait(
+                    {arrived, workload.task}, timeout=DEADLINE, return_when=asyncio.FIRST_COMPLETED
+                )
+                if workload.task in done:
+                    workload.task.result()  # the stream failed: raise its error
+                if arrived not in done:
                     raise RuntimeError(
                         f"{name}: no SVID for {sid} within {DEADLINE} s:\n{log.read_text()}"
-                    ) from None
-                series.samples.append(at - created)
+                    )
+                series.samples.append(arrived.result() - created)
         finally:
             await workload.close()
     series.watching = WATCH_LINE in log.read_text()
