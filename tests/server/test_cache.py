@@ -462,3 +462,35 @@ def test_targeted_wakeups_never_miss_an_affected_agent() -> None:
                 assert watchers[a].wake.is_set(), f"{a} not woken for {old} -> {new}"
         for w in watchers.values():
             w.wake.clear()
+
+
+async def test_remembered_answers_follow_every_change(ds: DataStore, cache: ServerCache) -> None:
+    """Answers are remembered per agent; entry changes, node changes and a node first read
+    on a miss each make the next answer fresh, and a caller changing its copy changes
+    nothing."""
+    await ds.create_node(node())
+    await ds.create_entry(entry("spiffe://example.org/cluster", SERVER, NODE_SEL))
+    await ds.create_entry(entry("spiffe://example.org/w1", "spiffe://example.org/cluster"))
+    await ds.create_entry(entry("spiffe://example.org/own", AGENT))
+    await cache.refresh()
+    first = cache.authorized_entries(sid(AGENT))
+    assert ids(first) == {"spiffe://example.org/own"}
+    first.clear()
+    assert ids(cache.authorized_entries(sid(AGENT))) == {"spiffe://example.org/own"}
+
+    await ds.create_entry(entry("spiffe://example.org/own2", AGENT))
+    await cache.refresh()
+    assert ids(cache.authorized_entries(sid(AGENT))) == {
+        "spiffe://example.org/own",
+        "spiffe://example.org/own2",
+    }
+    await ds.set_node_selectors(AGENT, [NODE_SEL])
+    await cache.refresh()
+    assert "spiffe://example.org/w1" in ids(cache.authorized_entries(sid(AGENT)))
+
+    # A node the cache has not seen yet (event not applied): read on a miss, then served.
+    late = "spiffe://example.org/spire/agent/join_token/late"
+    assert cache.authorized_entries(sid(late)) == []
+    await ds.create_node(node(late, NODE_SEL))
+    assert await cache.node(sid(late)) is not None
+    assert ids(cache.authorized_entries(sid(late))) == {"spiffe://example.org/w1"}

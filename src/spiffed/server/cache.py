@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -110,6 +111,10 @@ class ServerCache:
         self._entries: dict[str, RegistrationEntry] = {}
         self._nodes: dict[str, AttestedNode] = {}
         self._node_generation = 0
+        self._index_generation = 0
+        """Bumped on every change to the index; the per-agent answers below depend on it."""
+        self._answers: dict[str, tuple[float, list[RegistrationEntry]]] = {}
+        self._answers_generation = -1
         self._revision = 0
         self._apply_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -234,6 +239,7 @@ class ServerCache:
             self._entries, self._nodes, self._index = new_entries, new_nodes, index
             self._by_spiffe = by_spiffe
             self._node_generation += 1
+            self._index_generation += 1
             self._revision = revision
             self._notify(entries_changed, nodes_changed)
             await self._apply_new()
@@ -293,6 +299,7 @@ class ServerCache:
     def _put_entry(self, entry: RegistrationEntry) -> None:
         if self._entries.get(entry.id) == entry:
             return  # unchanged: keep the object (see reload)
+        self._index_generation += 1
         self._unlink(entry.id)
         self._entries[entry.id] = entry
         indexed = _indexed(entry)
@@ -304,6 +311,7 @@ class ServerCache:
                 self._link(indexed)
 
     def _drop_entry(self, entry_id: str) -> None:
+        self._index_generation += 1
         self._unlink(entry_id)
         self._entries.pop(entry_id, None)
         self._index.remove_entry(entry_id)
@@ -323,12 +331,14 @@ class ServerCache:
                 del self._by_spiffe[indexed.spiffe_id.path]
 
     def _put_node(self, node: AttestedNode) -> None:
+        self._index_generation += 1
         self._nodes[node.spiffe_id] = node
         agent = self._parse_agent(node.spiffe_id)
         if agent is not None:
             self._index.set_agent(agent, cast(Iterable[IndexSelector], node.selectors))
 
     def _drop_node(self, agent_id: str) -> None:
+        self._index_generation += 1
         self._nodes.pop(agent_id, None)
         agent = self._parse_agent(agent_id)
         if agent is not None:
@@ -350,12 +360,26 @@ class ServerCache:
         """Every entry the agent may serve (own children, node aliases, descendants).
 
         Entries that expired are left out (as SPIRE), and so are their descendants reached
-        only through them.
+        only through them. The answer is remembered per agent until the index changes or
+        one of its entries expires, so an unchanged sync round costs a list copy.
         """
-        now = self._clock()
-        found: dict[str, RegistrationEntry] = {}
         if not agent_id.member_of(self.trust_domain):
             return []
+        now = self._clock()
+        if self._answers_generation != self._index_generation:
+            self._answers.clear()
+            self._answers_generation = self._index_generation
+        key = str(agent_id)
+        remembered = self._answers.get(key)
+        if remembered is not None and now < remembered[0]:
+            return list(remembered[1])
+        found = self._walk(agent_id, now)
+        expiries = [e.expires_at for e in found if e.expires_at]
+        self._answers[key] = (min(expiries, default=math.inf), found)
+        return list(found)
+
+    def _walk(self, agent_id: SpiffeId, now: float) -> list[RegistrationEntry]:
+        found: dict[str, RegistrationEntry] = {}
         index = self._index
         seen: set[str] = set()
         stack = [agent_id.path, *index.agent_aliases(agent_id)]
@@ -405,6 +429,9 @@ class ServerCache:
             # No node event was applied meanwhile, so what was read is not older than memory.
             self._put_node(found)
             return found
+        # Node events were being applied while we read (perhaps this node's own): let them
+        # finish, then memory is at least as new as what was read.
+        await self.refresh()
         return self._nodes.get(key)
 
     def cached_node(self, agent_id: SpiffeId) -> AttestedNode | None:
