@@ -286,3 +286,28 @@ async def test_valid_stored_svid_is_reused_without_a_server(tmp_path: Path) -> N
     await m.initialize()
     assert m.svid.cert_chain == svid.cert_chain
     assert cache.bundle == ca.bundle(), "the stored bundle is served until the first sync"
+
+
+def test_next_sync_comes_at_the_first_renewal_time_when_before_the_poll(tmp_path: Path) -> None:
+    """Short-lived SVIDs rotate at their renewal time, not at the next 5 s poll."""
+    from spiffed.agent.cache import IdentityCache
+    from spiffed.agent.manager import Manager
+    from spiffed.agent.manager.manager import MIN_SYNC_DELAY
+
+    m = Manager(
+        trust_domain=TD,
+        server_address="127.0.0.1",
+        server_port=1,
+        data_dir=tmp_path,
+        attestor=JoinTokenAttestor("tok"),
+        cache=IdentityCache(TD),
+        sync_interval=3600.0,
+    )
+    assert m.next_sync_delay() == 3600.0
+    now = dt.datetime.now(dt.UTC)
+    m._renew_at["far"] = now + dt.timedelta(hours=10)
+    assert m.next_sync_delay() == 3600.0
+    m._renew_at["soon"] = now + dt.timedelta(minutes=10)
+    assert 0 < 600 - m.next_sync_delay() < 300  # about ten minutes, not the hour
+    m._agent_renew_at = now - dt.timedelta(seconds=1)  # already due
+    assert m.next_sync_delay() == MIN_SYNC_DELAY

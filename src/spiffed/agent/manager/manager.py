@@ -86,6 +86,9 @@ __all__ = ["AgentDeniedError", "Manager", "ManagerError", "SyncResult", "entry_f
 log = structlog.get_logger("spiffed.agent.manager")
 
 BATCH_SIZE = 500
+
+MIN_SYNC_DELAY = 0.05
+"""Shortest pause between two syncs, even when a renewal is already due."""
 """Most CSRs sent in one ``BatchNewX509SVID`` call."""
 
 RPC_TIMEOUT = 30.0
@@ -683,6 +686,18 @@ class Manager:
             with contextlib.suppress(OSError):
                 delete_state(self.data_dir, self.key_dir)
 
+    def next_sync_delay(self) -> float:
+        """Seconds until the next sync: the sync interval, or sooner when the agent SVID or a
+        workload SVID reaches its renewal time first (so short TTLs rotate at half-life, not
+        at the next poll)."""
+        due = [*self._renew_at.values()]
+        if self._agent_renew_at is not None:
+            due.append(self._agent_renew_at)
+        if not due:
+            return self.sync_interval
+        until = (min(due) - _now()).total_seconds()
+        return max(MIN_SYNC_DELAY, min(self.sync_interval, until))
+
     async def run(self) -> None:
         """Initialize, then sync forever: every ``sync_interval`` s or when the Watch stream
         says something changed, backing off on errors. Raises :class:`ManagerError` when the
@@ -720,7 +735,7 @@ class Manager:
                 else:
                     self.failures = 0
                     self.backoff.reset()
-                    delay = self.sync_interval
+                    delay = self.next_sync_delay()
                 await self._sleep(delay)
         finally:
             if watcher is not None:
