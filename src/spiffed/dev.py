@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Coroutine, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO, TypeVar
@@ -762,10 +762,15 @@ async def serve(
         pass
     finally:
         try:
-            await _shutdown(agent_task, agent_stop)
-            if handlers:  # the agent removed every handler on its way out
-                install_handlers()
+            # The server first: it lets the calls it is serving finish (an agent that hung up
+            # in the middle of one would cancel it halfway through a datastore query), then
+            # the agent, whose calls to a stopped server just fail.
             await _shutdown(server_task, server_stop)
+            if handlers:  # the server removed every handler on its way out
+                install_handlers()
+            await _shutdown(agent_task, agent_stop)
+            if handlers:
+                install_handlers()
         finally:
             if handlers:
                 for sig in (signal.SIGINT, signal.SIGTERM):
@@ -809,6 +814,31 @@ def ready_lines(ready: DevReady, registrations: Sequence[Registration]) -> list[
     return lines
 
 
+LEFTOVER_WAIT = 2.0
+"""Seconds the tasks still running after the stop get to end once cancelled."""
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)``, except that tasks that do not end within
+    :data:`LEFTOVER_WAIT` of being cancelled are left behind rather than waited for forever
+    (a SQLite connection whose query was cancelled halfway can wait for a worker thread
+    that is already gone)."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main)
+    finally:
+        try:
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=LEFTOVER_WAIT))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+
 _early_signals: list[int] = []
 """Signals :func:`run` noted while the event loop was not handling them."""
 
@@ -850,7 +880,7 @@ def run(options: DevOptions, *, out: TextIO = sys.stdout, started: float | None 
         say("spiffed dev: running; stop with Ctrl-C or SIGTERM")
 
     try:
-        asyncio.run(
+        _run_loop(
             serve(
                 checked,
                 on_ready=ready,
