@@ -422,6 +422,15 @@ class WorkloadApiClient:
         except SpiffeIdError as exc:
             raise InvalidResponseError(f"ValidateJWTSVIDResponse: {exc}") from None
         claims = _integral(json_format.MessageToDict(resp.claims))
+        # WA-48/WA-50: claims is mandatory, holds the SPIFFE claims, and sub is spiffe_id.
+        missing = [c for c in ("sub", "aud", "exp") if c not in claims]
+        if missing:
+            raise InvalidResponseError(f"ValidateJWTSVIDResponse: claims lack {', '.join(missing)}")
+        if claims["sub"] != resp.spiffe_id:
+            raise InvalidResponseError(
+                f"ValidateJWTSVIDResponse: spiffe_id {resp.spiffe_id!r} is not the token's "
+                f"sub {claims['sub']!r}"
+            )
         return ValidatedJwtSvid(sid, MappingProxyType(claims))
 
 

@@ -4,9 +4,13 @@ A source opens the Workload API streams it needs when :meth:`start` is awaited (
 ``async with``), waits for the first answer of each (bounded by ``timeout``), and then follows
 every update in a background task until :meth:`close`. When a stream breaks (agent restart,
 socket gone, a malformed answer) it reconnects after a jittered exponential back-off and
-carries on; the last good state stays in use meanwhile. As go-spiffe does, only
+carries on; the last good state stays in use meanwhile. A stream that had delivered updates
+and then ended is redialled at once (WA-05), the back-off only applies from the next failure.
 INVALID_ARGUMENT (a request the agent will never accept, such as a missing security header)
-stops a source; PERMISSION_DENIED is retried, because the workload may be registered later.
+and UNIMPLEMENTED stop a source for good (WE-07, WE-15). PERMISSION_DENIED is retried,
+because the workload may be registered later, but it redacts what the stream gave: the
+source drops its SVIDs or bundles and its readers raise that error until the agent answers
+again (WA-29, WA-32, WA-46).
 
 * :class:`X509Source` follows ``FetchX509SVID``: the workload's X509-SVIDs and the bundles
   (own trust domain and federated) to verify peers with.
@@ -21,6 +25,7 @@ thread (see :mod:`spiffed.workloadapi.sync`).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from types import MappingProxyType, TracebackType
@@ -61,6 +66,10 @@ SvidPicker = Callable[[Sequence[X509Svid]], X509Svid]
 
 DEFAULT_START_TIMEOUT = 30.0
 
+# Statuses that stop a source for good: the agent will never accept the request (WE-07,
+# WE-15: report, don't retry).
+_FATAL = frozenset({Status.INVALID_ARGUMENT, Status.UNIMPLEMENTED})
+
 
 class SourceClosedError(WorkloadApiError):
     """The source was closed (or stopped for good); it hands out nothing any more."""
@@ -83,11 +92,13 @@ class _Watch(Generic[_T]):
         open_stream: Callable[[], AsyncIterator[_T]],
         apply: Callable[[_T], None],
         backoff: Backoff,
+        denied: Callable[[WorkloadApiError], None] = lambda _exc: None,
     ) -> None:
         self.name = name
         self._open = open_stream
         self._apply = apply
         self._backoff = backoff
+        self._denied = denied
         self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.failures = 0
         self.last_failure = ""
@@ -102,9 +113,11 @@ class _Watch(Generic[_T]):
 
     async def run(self) -> None:
         while True:
+            delivered = False
             try:
                 async for value in self._open():
                     self._apply(value)
+                    delivered = True
                     self._backoff.reset()
                     self._settle(None)
             except asyncio.CancelledError:
@@ -112,17 +125,22 @@ class _Watch(Generic[_T]):
             except WorkloadApiError as exc:
                 self.failures += 1
                 self.last_failure = str(exc)
-                if exc.status == Status.INVALID_ARGUMENT:
+                if exc.status in _FATAL:
                     log.warning("workload API stream refused", stream=self.name, error=str(exc))
                     self.error = exc
                     self._settle(exc)
                     return
+                if exc.status == Status.PERMISSION_DENIED:
+                    self._denied(exc)  # WA-29: stop using what this stream gave
+                    delivered = False  # a refusal is retried with back-off, not at once
                 log.info("workload API stream broken, retrying", stream=self.name, error=str(exc))
             except Exception as exc:  # a bug in a picker or parser must not end the source
                 self.failures += 1
                 self.last_failure = repr(exc)
+                delivered = False
                 log.exception("workload API stream failed, retrying", stream=self.name)
-            await asyncio.sleep(self._backoff.next_delay())
+            if not delivered:  # WA-05: a stream that was working is redialled at once
+                await asyncio.sleep(self._backoff.next_delay())
 
 
 class _Source:
@@ -151,6 +169,7 @@ class _Source:
         self._started = False
         self._closed = False
         self._error: WorkloadApiError | None = None
+        self._denied: WorkloadApiError | None = None
         self._version = 0
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -170,7 +189,8 @@ class _Source:
 
     @property
     def version(self) -> int:
-        """How many updates the source has applied (0 before the first)."""
+        """How many updates the source has applied (0 before the first); a redaction after
+        PERMISSION_DENIED counts as one."""
         return self._version
 
     async def start(self) -> Self:
@@ -178,7 +198,7 @@ class _Source:
 
         Raises :class:`WorkloadApiError`: DEADLINE_EXCEEDED when no first answer came in
         time (the last failure is in the message), or the status that stopped a stream for
-        good (INVALID_ARGUMENT). The source is closed when ``start`` fails.
+        good (INVALID_ARGUMENT, UNIMPLEMENTED). The source is closed when ``start`` fails.
         """
         if self._closed:
             raise SourceClosedError(self._what)
@@ -186,7 +206,9 @@ class _Source:
             return self
         self._started = True
         for name, open_stream, apply in self._streams():
-            watch = _Watch(name, open_stream, apply, self._backoff())
+            watch = _Watch(
+                name, open_stream, apply, self._backoff(), functools.partial(self._on_denied, name)
+            )
             self._watches.append(watch)
             task = asyncio.create_task(watch.run(), name=f"spiffed {self._what} {name}")
             task.add_done_callback(self._on_task_done)
@@ -212,7 +234,7 @@ class _Source:
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._closed:
             return
-        if task.exception() is None:  # a stream was refused for good (INVALID_ARGUMENT)
+        if task.exception() is None:  # a stream was refused for good (_FATAL)
             for watch in self._watches:
                 if watch.error is not None:
                     self._error = watch.error
@@ -247,13 +269,30 @@ class _Source:
     ) -> None:
         await self.close()
 
-    def _check_open(self) -> None:
+    def _check_open(self, *, redacted_ok: bool = False) -> None:
         if self._closed:
             if self._error is not None:
                 raise self._error
             raise SourceClosedError(self._what)
         if self._version == 0:
             raise WorkloadApiError(Status.UNAVAILABLE, f"{self._what} has not been started")
+        if self._denied is not None and not redacted_ok:
+            raise self._denied
+
+    def _drop(self, stream: str) -> None:
+        """Forget what ``stream`` delivered (the agent no longer grants it)."""
+        raise NotImplementedError
+
+    def _on_denied(self, stream: str, exc: WorkloadApiError) -> None:
+        """A stream ended with PERMISSION_DENIED: stop using what it gave (WA-29) until the
+        agent answers again; subscribers are told, and readers raise ``exc`` meanwhile."""
+        if self._version == 0 or self._closed:
+            return  # nothing handed out yet: start() goes on waiting
+        self._drop(stream)
+        first = self._denied is None
+        self._denied = exc
+        if first:
+            self._notify()
 
     # --- updates -----------------------------------------------------------------------
 
@@ -272,6 +311,10 @@ class _Source:
         return unsubscribe
 
     def _updated(self) -> None:
+        self._denied = None
+        self._notify()
+
+    def _notify(self) -> None:
         self._version += 1
         for callback in list(self._subscribers):
             try:
@@ -307,6 +350,9 @@ class X509Source(_Source):
 
     def _streams(self) -> list[tuple[str, Callable[[], AsyncIterator[Any]], Callable[[Any], None]]]:
         return [("FetchX509SVID", self._client.watch_x509_context, self._apply)]
+
+    def _drop(self, stream: str) -> None:
+        self._context = None
 
     def _apply(self, context: X509Context) -> None:
         if self._picker is not None:
@@ -370,6 +416,9 @@ class JwtSource(_Source):
     def _streams(self) -> list[tuple[str, Callable[[], AsyncIterator[Any]], Callable[[Any], None]]]:
         return [("FetchJWTBundles", self._client.watch_jwt_bundles, self._apply)]
 
+    def _drop(self, stream: str) -> None:
+        self._bundles = None
+
     def _apply(self, bundles: JwtBundles) -> None:
         self._bundles = bundles
         self._updated()
@@ -393,7 +442,7 @@ class JwtSource(_Source):
     ) -> JwtSvid:
         """A JWT-SVID for the audience from the agent (the default identity, or
         ``spiffe_id``'s); each call asks the agent, which caches tokens."""
-        self._check_open()
+        self._check_open(redacted_ok=True)  # the agent decides, not the bundle stream's state
         return await self._bounded(
             self._client.fetch_jwt_svid(audience, *extra_audience, spiffe_id=spiffe_id)
         )
@@ -402,7 +451,7 @@ class JwtSource(_Source):
         self, audience: str, *extra_audience: str, spiffe_id: SpiffeId | str | None = None
     ) -> tuple[HintedJwtSvid, ...]:
         """All JWT-SVIDs of the workload for the audience, default first."""
-        self._check_open()
+        self._check_open(redacted_ok=True)
         return await self._bounded(
             self._client.fetch_jwt_svids(audience, *extra_audience, spiffe_id=spiffe_id)
         )
@@ -447,6 +496,12 @@ class BundleSource(_Source):
             ("FetchX509Bundles", self._client.watch_x509_bundles, self._apply_x509),
             ("FetchJWTBundles", self._client.watch_jwt_bundles, self._apply_jwt),
         ]
+
+    def _drop(self, stream: str) -> None:
+        if stream == "FetchX509Bundles":
+            self._x509 = None
+        else:
+            self._jwt = None
 
     def _apply_x509(self, bundles: X509Bundles) -> None:
         self._x509 = bundles.bundles
