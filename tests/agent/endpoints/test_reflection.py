@@ -23,7 +23,9 @@ async def reflect(path: Path, request: ServerReflectionRequest):
         ch.close()
 
 
-async def test_row_9_reflection_lists_and_describes_spiffe_workload_api(tmp_path: Path) -> None:
+async def test_we_17_row_9_reflection_lists_and_describes_spiffe_workload_api(
+    tmp_path: Path,
+) -> None:
     async with running_agent(tmp_path / "a.sock") as agent:
         listed = await reflect(agent.socket_path, ServerReflectionRequest(list_services=""))
         described = await reflect(

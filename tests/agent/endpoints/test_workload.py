@@ -213,7 +213,7 @@ async def test_failed_attestation_is_unavailable(tmp_path: Path) -> None:
     assert "cannot attest" in (err.message or "")
 
 
-async def test_we_14_the_caller_is_attested_by_its_kernel_pid_not_by_metadata(
+async def test_we_14_wa_04_the_caller_is_attested_by_its_kernel_pid_not_by_metadata(
     tmp_path: Path,
 ) -> None:
     seen: list[int] = []
@@ -442,7 +442,9 @@ async def test_wa_51_federated_tokens_validate_with_non_spiffe_claims_dropped(
     ("method", "request_msg"),
     [("FetchWITSVID", pb.WITSVIDRequest()), ("FetchWITBundles", pb.WITBundlesRequest())],
 )
-async def test_wa_60_wit_is_unimplemented(agent: Agent, method, request_msg) -> None:
+async def test_wa_02_wa_60_wit_is_optional_and_unimplemented(
+    agent: Agent, method, request_msg
+) -> None:
     agent.add(entry("a", "/a", MY_UID))
     with agent.channel() as ch:
         async with open_stream(ch, method, request_msg) as s:

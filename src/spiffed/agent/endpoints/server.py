@@ -1,10 +1,16 @@
 """Start the Workload API on a Unix socket, with the security header enforced (WE-06).
 
 The header check is a grpclib ``RecvRequest`` listener, so it runs before any handler, even
-for methods the service does not implement. gRPC server reflection (WE-17, SHOULD) is
-served from a descriptor pool holding ``workload.proto`` **without a package**, as it is on
-the wire: the generated module carries the package ``spiffed.workload`` only so that it
-does not clash with py-spiffe's package-less symbols in one process.
+for methods the service does not implement. A path the server does not serve is answered by
+a handler that ends the call with UNIMPLEMENTED (WE-15) after that check (WE-06: a missing
+header is INVALID_ARGUMENT first, as SPIRE), in a proper gRPC response: grpclib's own
+answer to an unknown path has no ``content-type``, which grpc-go (and grpclib) clients read
+as UNKNOWN rather than UNIMPLEMENTED, so they would retry it.
+
+gRPC server reflection (WE-17, SHOULD) is served from a descriptor pool holding
+``workload.proto`` **without a package**, as it is on the wire: the generated module carries
+the package ``spiffed.workload`` only so that it does not clash with py-spiffe's
+package-less symbols in one process.
 
 The socket also serves ``grpc.health.v1.Health`` (what ``spiffed-agent healthcheck`` asks,
 as SPIRE's agent does): ``Check`` fetches an X.509 context from the socket itself, as a
@@ -17,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, struct_pb2
-from grpclib.const import Status
+from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2, struct_pb2
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.v1 import health_pb2
 from grpclib.health.v1.health_grpc import HealthBase
@@ -84,6 +91,20 @@ class WorkloadHealth(HealthBase):
         raise GRPCError(Status.UNIMPLEMENTED, "method Watch not implemented")
 
 
+async def _unimplemented(stream: Stream[Any, Any]) -> None:
+    raise GRPCError(Status.UNIMPLEMENTED, "method not implemented by this server")
+
+
+_UNIMPLEMENTED = Handler(_unimplemented, Cardinality.UNARY_UNARY, empty_pb2.Empty, empty_pb2.Empty)
+
+
+class _Methods(dict[str, Handler]):
+    """The server's method table; a path it does not hold gets :data:`_UNIMPLEMENTED`."""
+
+    def get(self, key: str, default: Any = None) -> Handler:
+        return super().get(key, _UNIMPLEMENTED)
+
+
 def _strip_package(names: list[str], prefix: str) -> list[str]:
     return ["." + n[len(prefix) :] if n.startswith(prefix) else n for n in names]
 
@@ -141,6 +162,7 @@ async def start_workload_api(
         served.append(WorkloadHealth(os.fspath(socket_path)))
     services = ServerReflection.extend(served, pool=reflection_pool()) if reflection else served
     server = Server(services)
+    server._mapping = _Methods(server._mapping)  # grpclib looks methods up with .get()
     require_security_header(server)
     await start_unix_server(server, socket_path, dir_mode=dir_mode, socket_mode=socket_mode)
     return server
