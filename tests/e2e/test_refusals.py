@@ -348,3 +348,20 @@ async def test_svid_for_another_agents_entry_is_refused_per_result(
         "spiffe://example.org/mine"
     ], "the entry, never the CSR, names the SVID"
     assert str(SpiffeId.parse(f"spiffe://{TD}{ok.svid.id.path}")) == "spiffe://example.org/mine"
+
+    # JWT-SVIDs too: the other agent's entry is refused, and no token comes back.
+    ch = channel(server, state)
+    try:
+        stub = svid_grpc.SVIDStub(ch)
+        with pytest.raises(GRPCError) as info:
+            await stub.NewJWTSVID(
+                svid_pb2.NewJWTSVIDRequest(entry_id=theirs, audience=["aud"]), timeout=10
+            )
+        assert info.value.status == Status.NOT_FOUND
+        assert info.value.message == "entry not found or not authorized"
+        mine_jwt = await stub.NewJWTSVID(
+            svid_pb2.NewJWTSVIDRequest(entry_id=mine, audience=["aud"]), timeout=10
+        )
+        assert mine_jwt.svid.token
+    finally:
+        ch.close()

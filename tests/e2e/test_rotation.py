@@ -4,6 +4,8 @@ The server issues 20 s X509-SVIDs (workloads' and the agent's). The servers' CA 
 every SVID by 10 s (as SPIRE's), and agents renew at half of the whole validity (40-50 %
 with jitter), so a TTL must be above 15 s for the renewal to come after the issuance at all;
 with 20 s an SVID is renewed 2-5 s after it was issued, with 15 s or more of validity left.
+(Neither SPIRE nor spiffed has a lower bound: any positive duration is accepted; 16 s was
+tried, and then two SVIDs issued within the same second can share their not-after.)
 
 Two workloads (a TLS server ``web`` and a client ``api``, both in this test process, each on
 its own ``FetchX509SVID`` stream) connect with mTLS over and over, every connection built
