@@ -6,6 +6,7 @@ stored (no node, no selectors, the join token still there unless SPIRE consumes 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable
@@ -374,6 +375,44 @@ async def test_banned_x509pop_agent_is_refused(env: Env) -> None:
     assert err.status is Status.PERMISSION_DENIED
     assert err.message == "failed to attest: agent is banned"
     assert (await env.ds.get_node(agent_id)).banned
+
+
+async def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` (yielding to the loop) until it holds; fail after a deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+async def test_ban_while_reattestation_waits_for_signing_is_not_undone(env: Env) -> None:
+    """An attacker re-attests while the server is busy; the operator bans the agent while
+    that attestation waits for a signing slot. The ban must hold: the write is refused."""
+    agent = x509pop_agent(env)
+    await attest(env, attest_req("x509pop", agent.payload()), agent.respond)
+    agent_id = f"spiffe://{TD}/spire/agent/x509pop/{proto.fingerprint(env.pki['leaf'].cert)}"
+    env.ctx.signing = SigningLimiter(max_concurrent=1, max_wait=30)
+    release = asyncio.Event()
+
+    async def hold_the_only_slot() -> None:
+        async with env.ctx.signing.slot():
+            await release.wait()
+
+    holder = asyncio.create_task(hold_the_only_slot())
+    await _wait_for(lambda: env.ctx.signing.busy == 1, "the slot to be taken")
+    env.clock.now += 10
+    task = asyncio.create_task(attest(env, attest_req("x509pop", agent.payload()), agent.respond))
+    await _wait_for(lambda: env.ctx.signing.waiting == 1, "the attestation to wait for a slot")
+    await env.ds.ban_node(agent_id)
+    release.set()
+    await holder
+    with pytest.raises(GRPCError) as err:
+        await task
+    assert err.value.status is Status.PERMISSION_DENIED
+    assert err.value.message == "failed to attest: agent is banned"
+    node = await env.ds.get_node(agent_id)
+    assert node.banned, "the ban made during the attestation must stay"
 
 
 # --- malformed requests -------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import replace
 
 import pytest
@@ -10,6 +12,7 @@ from spiffed.server.datastore import (
     AlreadyExistsError,
     AttestedNode,
     DataStore,
+    FailedPreconditionError,
     InvalidArgumentError,
     MatchBehavior,
     NodeFilter,
@@ -55,6 +58,60 @@ async def test_crud_and_ban(ds: DataStore) -> None:
     with pytest.raises(NotFoundError):
         await ds.ban_node(made.spiffe_id)
     assert (await ds.list_nodes()).items == ()
+
+
+CERT_MASK = ("cert_serial_number", "cert_not_after", "new_cert_serial_number")
+
+
+async def test_update_expecting_not_banned_refuses_a_banned_node(ds: DataStore) -> None:
+    made = await ds.create_node(node("a", "x:1"))
+    reattested = replace(made, cert_serial_number="5", selectors=())
+    done = await ds.update_node(reattested, (*CERT_MASK, "selectors"), expect_not_banned=True)
+    assert done.cert_serial_number == "5"
+    await ds.ban_node(made.spiffe_id)
+    with pytest.raises(FailedPreconditionError, match="banned"):
+        await ds.update_node(reattested, (*CERT_MASK, "selectors"), expect_not_banned=True)
+    after = await ds.get_node(made.spiffe_id)
+    assert after.banned and after.selectors == (), "nothing of the refused update is written"
+
+
+async def test_update_expecting_new_serial_is_a_compare_and_set(ds: DataStore) -> None:
+    made = await ds.create_node(node("a", new_cert_serial_number="7", new_cert_not_after=9))
+    promoted = AttestedNode(made.spiffe_id, cert_serial_number="7", cert_not_after=9)
+    for wrong in ("8", ""):
+        with pytest.raises(FailedPreconditionError):
+            await ds.update_node(promoted, CERT_MASK, expect_new_serial=wrong)
+    done = await ds.update_node(promoted, CERT_MASK, expect_new_serial="7")
+    assert (done.cert_serial_number, done.new_cert_serial_number) == ("7", "")
+    # Promoted once: a second promotion of the same serial no longer applies.
+    with pytest.raises(FailedPreconditionError):
+        await ds.update_node(promoted, CERT_MASK, expect_new_serial="7")
+    # A node whose current serial is blank (banned) is never promoted.
+    await ds.update_node(
+        AttestedNode(made.spiffe_id, new_cert_serial_number="10"), ("new_cert_serial_number",)
+    )
+    await ds.update_node(AttestedNode(made.spiffe_id), ("cert_serial_number",))
+    with pytest.raises(FailedPreconditionError):
+        await ds.update_node(promoted, CERT_MASK, expect_new_serial="10")
+    assert (await ds.get_node(made.spiffe_id)).cert_serial_number == ""
+
+
+async def test_conditional_update_racing_a_ban_never_lifts_it(ds: DataStore) -> None:
+    """Whatever order the engine runs them in, a ban racing a conditional re-attestation
+    write always ends banned (the check and the write are one transaction)."""
+    for i in range(10):
+        made = await ds.create_node(node(f"race{i}"))
+        reattested = replace(made, cert_serial_number="99")
+
+        async def reattest(n: AttestedNode = reattested) -> None:
+            with contextlib.suppress(FailedPreconditionError):
+                await ds.update_node(n, CERT_MASK, expect_not_banned=True)
+
+        if i % 2:
+            await asyncio.gather(reattest(), ds.ban_node(made.spiffe_id))
+        else:
+            await asyncio.gather(ds.ban_node(made.spiffe_id), reattest())
+        assert (await ds.get_node(made.spiffe_id)).banned
 
 
 async def test_set_node_selectors(ds: DataStore) -> None:

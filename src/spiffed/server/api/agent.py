@@ -495,6 +495,9 @@ class AgentService(agent_grpc.AgentBase):
                 can_reattest=result.can_reattest,
                 selectors=selectors,
             )
+            # The ban check above ran before the wait for a signing slot: the write checks
+            # it again on the stored row, in its own transaction, so a ban made meanwhile
+            # is not undone by this re-attestation.
             try:
                 await self._ds.update_node(
                     update,
@@ -506,7 +509,12 @@ class AgentService(agent_grpc.AgentBase):
                         "can_reattest",
                         "selectors",
                     ),
+                    expect_not_banned=True,
                 )
+            except ds.FailedPreconditionError:
+                raise ServerError(
+                    Status.PERMISSION_DENIED, "failed to attest: agent is banned"
+                ) from None
             except ds.DataStoreError as exc:
                 raise ServerError(
                     Status.INTERNAL, f"failed to update attested agent: {exc}"

@@ -23,7 +23,12 @@ from ._base import (
     selector_pairs_in,
     set_match,
 )
-from .errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from .errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from .records import AttestedNode, EventKind, Page, Selector, SelectorFilter
 
 __all__ = ["NODE_FIELDS", "NodeFilter", "NodesMixin"]
@@ -160,9 +165,24 @@ class NodesMixin(Base):
             return (await self._load_nodes(conn, [row]))[0]
 
     async def update_node(
-        self, node: AttestedNode, mask: Iterable[str] | None = None
+        self,
+        node: AttestedNode,
+        mask: Iterable[str] | None = None,
+        *,
+        expect_not_banned: bool = False,
+        expect_new_serial: str | None = None,
     ) -> AttestedNode:
-        """Change the fields named in ``mask`` (all of :data:`NODE_FIELDS` when None)."""
+        """Change the fields named in ``mask`` (all of :data:`NODE_FIELDS` when None).
+
+        The expectations are checked on the stored row inside the same write transaction
+        (the row is locked first), so a concurrent ban cannot slip in between the check and
+        the write; when one does not hold, nothing is written and
+        :class:`FailedPreconditionError` is raised:
+
+        * ``expect_not_banned``: the stored node is not banned (a serial number is set);
+        * ``expect_new_serial``: the stored node's new serial number is exactly this
+          (non-empty) value and its current serial number is not blank (not banned).
+        """
         fields = NODE_FIELDS if mask is None else frozenset(mask)
         unknown = fields - NODE_FIELDS
         if unknown:
@@ -173,6 +193,17 @@ class NodesMixin(Base):
         async with self._write() as conn:
             row = await self._node_row(conn, node.spiffe_id, for_update=True)
             old = (await self._load_nodes(conn, [row]))[0]
+            if expect_not_banned and old.banned:
+                raise FailedPreconditionError(f"attested node {node.spiffe_id!r} is banned")
+            if expect_new_serial is not None and (
+                not expect_new_serial
+                or old.new_cert_serial_number != expect_new_serial
+                or not old.cert_serial_number
+            ):
+                raise FailedPreconditionError(
+                    f"attested node {node.spiffe_id!r} no longer has new serial number "
+                    f"{expect_new_serial!r} with a current one set"
+                )
             merged = normalize_node(replace(old, **{f: getattr(node, f) for f in fields}))
             await conn.execute(
                 sa.update(N)
