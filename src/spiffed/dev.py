@@ -455,6 +455,8 @@ def _check(task: asyncio.Task[None]) -> None:
     from spiffed.server.run import ServerRunError
 
     who = task.get_name()
+    if isinstance(exc, AgentRunError) and ("re-attest" in str(exc) or "banned" in str(exc)):
+        raise DevError(f"{who}: {exc}; spiffed dev attests a new agent when started again")
     if isinstance(exc, ServerRunError | AgentRunError | DevError):
         raise DevError(f"{who}: {exc}") from None
     raise DevError(f"{who} failed: {type(exc).__name__}: {exc}") from exc
@@ -784,6 +786,10 @@ async def serve(
 async def _shutdown(task: asyncio.Task[None] | None, stop: asyncio.Event) -> None:
     """Ask ``task`` to stop and wait; what it raised while stopping is only logged."""
     if task is None:
+        return
+    if task.done():  # it ended on its own: what it raised was reported already
+        if not task.cancelled():
+            task.exception()
         return
     stop.set()
     try:

@@ -217,11 +217,35 @@ def test_dev_serves_the_user_resumes_and_stops_cleanly(spiffed_dev, tmp_path: Pa
     assert count_entries(admin) == 1, "the registration is not duplicated"
     assert json.loads((data / "dev.json").read_text()) == state, "same agent"
     assert svid_file.read_bytes() == stored, "the stored agent SVID was reused, not re-attested"
-    rc, err = again.stop()
-    assert rc == 0, err
 
-    # without a usable agent SVID the next run attests a new agent and moves the entry to it
-    svid_file.unlink()
+    # an evicted join-token agent cannot attest again: spiffed dev stops and says why
+    evict = subprocess.run(
+        [
+            BIN / "spiffed-server",
+            "agent",
+            "evict",
+            "-socketPath",
+            admin,
+            "-spiffeID",
+            state["agent_id"],
+        ],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert evict.returncode == 0, evict.stderr
+    try:
+        rc = again.proc.wait(timeout=DEADLINE)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("spiffed dev kept running with an evicted agent") from None
+    err = again.proc.stderr.read() if again.proc.stderr else ""
+    assert rc == 1, err
+    assert "spiffed dev: error: agent: agent needs to re-attest" in err
+    assert "spiffed dev attests a new agent when started again" in err
+    assert not sock.exists() and not admin.exists()
+
+    # so the next run attests a new agent and moves the entry to it
     third = spiffed_dev("--data-dir", str(data))
     address, sock, admin = third.ready()
     assert pyspiffe_fetch(address)[0] == ME
