@@ -19,7 +19,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,12 @@ from spiffed.grpcstatus import SpireStatusDetailsCodec
 from spiffed.grpcutil import GrpcUtilError, PeerCredentials, start_unix_server
 from spiffed.server.api import POLICY, Caller, Role, allowed, caller_context
 from spiffed.server.context import ServerContext
+from spiffed.server.datastore import (
+    AttestedNode,
+    DataStoreError,
+    FailedPreconditionError,
+    NotFoundError,
+)
 from spiffed.spiffeid import SpiffeId, TrustDomain
 from spiffed.svid.x509 import X509SvidError, check_leaf, verify_chain
 
@@ -113,15 +119,9 @@ def _der_of(cert: Any) -> bytes:
     return der
 
 
-def _serial_matches(serial: int, stored: str) -> bool:
-    if not stored:
-        return False
-    if stored == str(serial):
-        return True
-    try:
-        return int(stored, 16) == serial
-    except ValueError:
-        return False
+def _serial_matches(serial: str, stored: str) -> bool:
+    """The presented serial (decimal, as SPIRE stores it) is exactly the stored one."""
+    return bool(stored) and stored == serial
 
 
 _Reason = status_pb2.PermissionDeniedDetails.Reason
@@ -234,7 +234,14 @@ class Endpoints:
             raise GRPCError(Status.PERMISSION_DENIED, "only served on the local socket")
         addr = event.peer.addr()
         address = f"{addr[0]}:{addr[1]}" if addr else None
-        caller, denial = await self._tls_caller(event, method, address)
+        try:
+            caller, denial = await self._tls_caller(event, method, address)
+        except DataStoreError as exc:
+            # Not left to surface as UNKNOWN: the caller's roles could not be worked out.
+            _log.error("Unable to look up caller information", error=str(exc))
+            raise GRPCError(
+                Status.INTERNAL, f"unable to look up caller information: {exc}"
+            ) from None
         self._admit(event, caller, denial)
 
     def _admit(self, event: RecvRequest, caller: Caller, denial: _Denial | None = None) -> None:
@@ -336,44 +343,49 @@ class Endpoints:
         return roles, denial
 
     async def _agent_denial(self, spiffe_id: SpiffeId, leaf: x509.Certificate) -> _Denial | None:
-        """SPIRE's agent check: attested, not banned (no current serial), SVID unexpired,
-        and its serial is the node's current one, or the new one, which is then made current
-        (the agent has switched to its renewed SVID)."""
-        from spiffed.server.datastore import NotFoundError
+        """SPIRE's agent check: SVID unexpired, node attested and not banned (no current
+        serial), and the SVID's serial the node's current one, or its new one, which is then
+        made current (the agent has switched to its renewed SVID).
+
+        As SPIRE, the cache is trusted only to admit an SVID whose serial is the node's
+        *current* one; anything else is decided on the node read from the datastore, and a
+        promotion is a compare-and-set there (the stored new serial is still the presented
+        one and the node is not banned), so a stale cache cannot undo a ban."""
 
         sid = str(spiffe_id)
         if leaf.not_valid_after_utc <= datetime.now(UTC):
-            return _Denial(_Reason.AGENT_EXPIRED, f"agent {sid!r} SVID is expired")
+            return _Denial(_Reason.AGENT_EXPIRED, f'agent "{sid}" SVID is expired')
+        serial = str(leaf.serial_number)
         cache = self._ctx.cache
-        if cache is not None:
-            node = await cache.node(spiffe_id)
-            if node is not None and not (
-                _serial_matches(leaf.serial_number, node.cert_serial_number)
-                or _serial_matches(leaf.serial_number, node.new_cert_serial_number)
-            ):
-                # Maybe renewed a moment ago (by us or another server): catch up, look again.
-                await cache.refresh()
-                node = await cache.node(spiffe_id)
-        else:
-            try:
-                node = await self._ctx.datastore.get_node(sid)
-            except NotFoundError:
-                node = None
-        if node is None:
-            return _Denial(_Reason.AGENT_NOT_ATTESTED, f"agent {sid!r} is not attested")
-        if not node.cert_serial_number:
-            return _Denial(_Reason.AGENT_BANNED, f"agent {sid!r} is banned")
-        if _serial_matches(leaf.serial_number, node.cert_serial_number):
+        try:
+            if cache is not None:
+                cached = await cache.node(spiffe_id)
+                if cached is not None and _serial_matches(serial, cached.cert_serial_number):
+                    return None
+            node = await self._stored_node(sid)
+        except DataStoreError as exc:
+            _log.error("Unable to look up agent information", agent=sid, error=str(exc))
+            raise GRPCError(
+                Status.INTERNAL, f"unable to look up agent information: {exc}"
+            ) from None
+        denial = _node_denial(sid, serial, node)
+        if denial is not None or node is None or _serial_matches(serial, node.cert_serial_number):
+            return denial
+        return await self._promote(sid, serial, node)
+
+    async def _stored_node(self, sid: str) -> AttestedNode | None:
+        try:
+            node: AttestedNode = await self._ctx.datastore.get_node(sid)
+        except NotFoundError:
             return None
-        if not _serial_matches(leaf.serial_number, node.new_cert_serial_number):
-            return _Denial(
-                _Reason.AGENT_NOT_ACTIVE,
-                f"agent {sid!r} expected to have serial number {node.cert_serial_number!r}; "
-                f"has '{leaf.serial_number}'",
-            )
-        promoted = replace(
-            node,
-            cert_serial_number=node.new_cert_serial_number,
+        return node
+
+    async def _promote(self, sid: str, serial: str, node: AttestedNode) -> _Denial | None:
+        """Make the presented (new) serial the node's current one, if the stored node still
+        has it as its new serial and is not banned; otherwise refuse as the stored node says."""
+        promoted = AttestedNode(
+            spiffe_id=sid,
+            cert_serial_number=serial,
             cert_not_after=node.new_cert_not_after,
             new_cert_serial_number="",
             new_cert_not_after=0,
@@ -381,18 +393,58 @@ class Endpoints:
         try:
             await self._ctx.datastore.update_node(
                 promoted,
-                [
+                (
                     "cert_serial_number",
                     "cert_not_after",
                     "new_cert_serial_number",
                     "new_cert_not_after",
-                ],
+                ),
+                expect_new_serial=serial,
             )
-        except Exception as exc:
+        except (FailedPreconditionError, NotFoundError):
+            # Changed since it was read (banned, evicted, renewed again or promoted by
+            # another request): decide on what is stored now, without promoting.
+            try:
+                now = await self._stored_node(sid)
+            except DataStoreError as exc:
+                raise GRPCError(
+                    Status.INTERNAL, f"unable to look up agent information: {exc}"
+                ) from None
+            denial = _node_denial(sid, serial, now)
+            if (
+                denial is None
+                and now is not None
+                and _serial_matches(serial, now.cert_serial_number)
+            ):
+                return None
+            return denial or _not_active(sid, serial, now)
+        except DataStoreError as exc:
             _log.warning("Unable to activate the new agent SVID", agent=sid, error=str(exc))
             raise GRPCError(
                 Status.INTERNAL, f"unable to activate the new agent SVID: {exc}"
             ) from None
-        if cache is not None:
-            await cache.refresh()
+        if self._ctx.cache is not None:
+            await self._ctx.cache.refresh()
         return None
+
+
+def _not_active(sid: str, serial: str, node: AttestedNode | None) -> _Denial:
+    current = node.cert_serial_number if node is not None else ""
+    return _Denial(
+        _Reason.AGENT_NOT_ACTIVE,
+        f'agent "{sid}" expected to have serial number "{current}"; has "{serial}"',
+    )
+
+
+def _node_denial(sid: str, serial: str, node: AttestedNode | None) -> _Denial | None:
+    """SPIRE's refusal for the stored node, or None when the serial is its current or new one
+    (the caller then admits, or promotes the new one)."""
+    if node is None:
+        return _Denial(_Reason.AGENT_NOT_ATTESTED, f'agent "{sid}" is not attested')
+    if not node.cert_serial_number:
+        return _Denial(_Reason.AGENT_BANNED, f'agent "{sid}" is banned')
+    if _serial_matches(serial, node.cert_serial_number) or _serial_matches(
+        serial, node.new_cert_serial_number
+    ):
+        return None
+    return _not_active(sid, serial, node)

@@ -27,7 +27,7 @@ from spiffed.grpcstatus import SpireStatusDetailsCodec
 from spiffed.keys import KeyType, PrivateKey
 from spiffed.server.api.services import build_services
 from spiffed.server.api.watch import WatchService
-from spiffed.server.datastore import AttestedNode, RegistrationEntry, Selector
+from spiffed.server.datastore import AttestedNode, DataStoreError, RegistrationEntry, Selector
 from spiffed.server.endpoints import Endpoints
 from spiffed.server.run_store import DatastoreCaStore
 from spiffed.spiffeid import SpiffeId
@@ -247,6 +247,82 @@ async def test_tls_renewal_recorded_elsewhere_is_seen(listener: Listener) -> Non
         ["new_cert_serial_number"],
     )
     assert await sync_status(listener, new_chain, new_key) is Status.OK
+
+
+async def test_tls_renewed_svid_with_a_stale_cache_does_not_undo_a_ban(
+    listener: Listener,
+) -> None:
+    """The ban is committed but this server's cache has not applied it yet; the agent presents
+    its renewed SVID (the cached node's new serial). It is refused as banned and stays so."""
+    ds, cache = listener.api.ds, listener.api.ctx.cache
+    assert cache is not None
+    old_chain, _ = listener.svid(AGENT)
+    new_chain, new_key = listener.svid(AGENT)
+    new_serial = str(new_chain[0].serial_number)
+    await ds.create_node(attested(AGENT, str(old_chain[0].serial_number), new_serial))
+    await cache.refresh()
+    cache.datastore.remove_commit_listener(cache._on_commit)  # keep the ban unapplied
+    await ds.ban_node(AGENT)
+    cached = cache.cached_node(SpiffeId.parse(AGENT))
+    assert cached is not None and cached.new_cert_serial_number == new_serial, "cache is stale"
+    refusal = await sync_refusal(listener, new_chain, new_key)
+    assert refusal == (Status.PERMISSION_DENIED, "AGENT_BANNED")
+    node = await ds.get_node(AGENT)
+    assert node.banned, "the stale cache must not promote the renewed SVID over the ban"
+
+
+async def test_tls_renewed_svid_superseded_in_the_datastore_is_not_active(
+    listener: Listener,
+) -> None:
+    """The cache still names an SVID as the node's new one, but the agent renewed again since:
+    presenting the superseded one is refused and writes nothing."""
+    ds, cache = listener.api.ds, listener.api.ctx.cache
+    assert cache is not None
+    cur_chain, _ = listener.svid(AGENT)
+    stale_chain, stale_key = listener.svid(AGENT)
+    cur_serial = str(cur_chain[0].serial_number)
+    await ds.create_node(attested(AGENT, cur_serial, str(stale_chain[0].serial_number)))
+    await cache.refresh()
+    cache.datastore.remove_commit_listener(cache._on_commit)
+    await ds.update_node(
+        AttestedNode(AGENT, new_cert_serial_number="42"), ["new_cert_serial_number"]
+    )
+    refusal = await sync_refusal(listener, stale_chain, stale_key)
+    assert refusal == (Status.PERMISSION_DENIED, "AGENT_NOT_ACTIVE")
+    node = await ds.get_node(AGENT)
+    assert (node.cert_serial_number, node.new_cert_serial_number) == (cur_serial, "42")
+
+
+async def test_tls_serial_is_compared_as_spire_stores_it_decimal(listener: Listener) -> None:
+    """A node whose stored serial is the hex spelling of the presented serial is not a match."""
+    ds, cache = listener.api.ds, listener.api.ctx.cache
+    assert cache is not None
+    chain, key = listener.svid(AGENT)
+    await ds.create_node(attested(AGENT, format(chain[0].serial_number, "x")))
+    await cache.refresh()
+    refusal = await sync_refusal(listener, chain, key)
+    assert refusal == (Status.PERMISSION_DENIED, "AGENT_NOT_ACTIVE")
+
+
+async def test_tls_datastore_failure_is_internal_as_spire(
+    listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chain, key = listener.svid(AGENT)
+
+    async def broken(_sid: str) -> AttestedNode:
+        raise DataStoreError("database is gone")
+
+    monkeypatch.setattr(listener.api.ds, "get_node", broken)
+    channel = listener.channel(chain, key)
+    try:
+        with pytest.raises(GRPCError) as err:
+            await entry_grpc.EntryStub(channel).GetAuthorizedEntries(
+                E.GetAuthorizedEntriesRequest()
+            )
+    finally:
+        channel.close()
+    assert err.value.status is Status.INTERNAL
+    assert err.value.message == "unable to look up agent information: database is gone"
 
 
 async def test_tls_unchanged_sync_round_reads_no_datastore(listener: Listener) -> None:
