@@ -193,7 +193,9 @@ def parse_x509_context(resp: pb.X509SVIDResponse) -> X509Context:
 
 
 def parse_x509_bundles(resp: pb.X509BundlesResponse) -> X509Bundles:
-    """Parse an ``X509BundlesResponse``."""
+    """Parse an ``X509BundlesResponse``; an empty one is invalid (WA-11, WA-31)."""
+    if not resp.bundles:
+        raise InvalidResponseError("X509BundlesResponse contains no bundles")
     bundles = {}
     for key, data in resp.bundles.items():
         td = _trust_domain_key(key, "X509BundlesResponse")
@@ -202,7 +204,10 @@ def parse_x509_bundles(resp: pb.X509BundlesResponse) -> X509Bundles:
 
 
 def parse_jwt_bundles(resp: pb.JWTBundlesResponse) -> JwtBundles:
-    """Parse a ``JWTBundlesResponse`` (one JWKS per trust domain)."""
+    """Parse a ``JWTBundlesResponse`` (one JWKS per trust domain); an empty one is invalid
+    (WA-11, WA-45)."""
+    if not resp.bundles:
+        raise InvalidResponseError("JWTBundlesResponse contains no bundles")
     bundles = {}
     for key, data in resp.bundles.items():
         td = _trust_domain_key(key, "JWTBundlesResponse")

@@ -35,7 +35,11 @@ from spiffed.workloadapi import (
     WorkloadApiError,
     X509Source,
 )
-from spiffed.workloadapi.client import InvalidResponseError
+from spiffed.workloadapi.client import (
+    InvalidResponseError,
+    parse_jwt_bundles,
+    parse_x509_bundles,
+)
 from tests.agent.endpoints.support import (
     DEADLINE,
     FED,
@@ -320,6 +324,14 @@ def forge_leaf(spiffe_id: SpiffeId, ca: Authority) -> x509.Certificate:
         )
         .sign(ca.ca_key, hashes.SHA256())
     )
+
+
+def test_wa_11_wa_31_wa_45_an_empty_bundles_response_is_rejected() -> None:
+    """Both bundle responses must hold at least the server's own trust domain."""
+    with pytest.raises(InvalidResponseError, match="contains no bundles"):
+        parse_x509_bundles(pb.X509BundlesResponse())
+    with pytest.raises(InvalidResponseError, match="contains no bundles"):
+        parse_jwt_bundles(pb.JWTBundlesResponse())
 
 
 # --- §7.3 -------------------------------------------------------------------------------
