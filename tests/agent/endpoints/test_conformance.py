@@ -412,6 +412,36 @@ async def test_wa_44_jwt_svids_are_complete_compact_jws_with_unique_hints(agent:
     ]
 
 
+@pytest.mark.parametrize(
+    "minted",
+    [
+        lambda ca, sid, aud: ca.jwt(SpiffeId.parse("spiffe://example.org/other"), aud),
+        lambda ca, sid, aud: ca.jwt(sid, aud[:1]),
+        lambda ca, sid, aud: "not-a-token",
+    ],
+    ids=["wrong-sub", "missing-audience", "garbage"],
+)
+async def test_wa_41_wa_44_a_minted_token_unlike_the_request_is_never_served(
+    agent: Agent, minted
+) -> None:
+    """What the minter (the server) returns is checked: a token for another ID, one missing
+    a requested audience, or no JWT at all gives UNAVAILABLE and is not cached."""
+    agent.add(entry("a", "/a", MY_UID))
+    good = agent.service._mint
+
+    async def bad(e, audience):
+        return minted(agent.ca, e.spiffe_id, list(audience))
+
+    agent.service._mint = bad
+    request = pb.JWTSVIDRequest(audience=["x", "y"])
+    with agent.channel() as ch:
+        await expect_status(stub(ch).FetchJWTSVID(request, metadata=MD), Status.UNAVAILABLE)
+        agent.service._mint = good
+        resp = await stub(ch).FetchJWTSVID(request, metadata=MD)
+    claims = _b64json(resp.svids[0].svid.split(".")[1])
+    assert claims["sub"] == "spiffe://example.org/a" and claims["aud"] == ["x", "y"]
+
+
 async def test_wa_48_wa_49_7_7_rows_6_to_8_bad_validate_requests_are_invalid_argument(
     agent: Agent,
 ) -> None:

@@ -81,6 +81,27 @@ def _hint_losers(entries: Sequence[WorkloadEntry]) -> set[str]:
     return {e.id for e in entries if _served_hint(e) and winners[_served_hint(e)] is not e}
 
 
+def _check_minted(token: str, spiffe_id: SpiffeId, audience: tuple[str, ...]) -> JwtSvid:
+    """The minted token, parsed, if it is a JWT-SVID for ``spiffe_id`` whose ``aud`` holds
+    every requested audience (WA-41, WA-44); a workload is never handed anything else."""
+    try:
+        svid = JwtSvid.parse_insecure(token)
+    except JwtSvidError as exc:
+        log.error("the JWT-SVID minted for %s is malformed: %s", spiffe_id, exc)  # noqa: TRY400
+        _deny(Status.UNAVAILABLE, f"could not mint a JWT-SVID for {spiffe_id}")
+    missing = [a for a in audience if a not in svid.audience]
+    if svid.spiffe_id != spiffe_id or missing:
+        log.error(
+            "the JWT-SVID minted for %s is for %s with audience %s; %s requested",
+            spiffe_id,
+            svid.spiffe_id,
+            list(svid.audience),
+            list(audience),
+        )
+        _deny(Status.UNAVAILABLE, f"could not mint a JWT-SVID for {spiffe_id}")
+    return svid
+
+
 @dataclass(frozen=True, slots=True)
 class _CachedJwt:
     token: str
@@ -105,14 +126,10 @@ class _JwtCache:
         self._items.move_to_end(key)
         return item.token
 
-    def put(self, key: tuple[SpiffeId, frozenset[str]], token: str) -> None:
-        try:
-            svid = JwtSvid.parse_insecure(token)
-        except JwtSvidError:
-            return  # never cache what cannot be read; the caller still gets the token
+    def put(self, key: tuple[SpiffeId, frozenset[str]], svid: JwtSvid) -> None:
         expiry = svid.expiry.timestamp()
         issued = svid.issued_at.timestamp() if svid.issued_at is not None else self._clock()
-        self._items[key] = _CachedJwt(token, issued + (expiry - issued) / 2)
+        self._items[key] = _CachedJwt(svid.token, issued + (expiry - issued) / 2)
         self._items.move_to_end(key)
         while len(self._items) > self._max:
             self._items.popitem(last=False)
@@ -316,7 +333,7 @@ class WorkloadApiService(SpiffeWorkloadAPIBase):
                 except Exception:
                     log.exception("minting a JWT-SVID for %s failed", entry.spiffe_id)
                     _deny(Status.UNAVAILABLE, f"could not mint a JWT-SVID for {entry.spiffe_id}")
-                self._jwts.put(key, token)
+                self._jwts.put(key, _check_minted(token, entry.spiffe_id, audience))
             resp.svids.append(pb.JWTSVID(spiffe_id=str(entry.spiffe_id), svid=token, hint=hint))
         await stream.send_message(resp)
 
