@@ -804,6 +804,19 @@ async def _shutdown(task: asyncio.Task[None] | None, stop: asyncio.Event) -> Non
         )
 
 
+def _tool(name: str) -> str:
+    """How to run the console script ``name`` from a shell: its name when ``PATH`` finds
+    this installation's, else its full path (``make dev`` runs from ``.venv/bin``)."""
+    here = Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else None
+    beside = Path(sys.executable).parent / name
+    if here is not None and (here / name).exists():
+        beside = here / name
+    found = shutil.which(name)
+    if found is not None and (not beside.exists() or Path(found).resolve() == beside.resolve()):
+        return name
+    return shlex.quote(str(beside)) if beside.exists() else name
+
+
 def ready_lines(ready: DevReady, registrations: Sequence[Registration]) -> list[str]:
     """What ``spiffed dev`` prints once ready."""
     admin = shlex.quote(str(ready.admin_socket))
@@ -814,8 +827,10 @@ def ready_lines(ready: DevReady, registrations: Sequence[Registration]) -> list[
     lines += [
         f"spiffed dev: trust domain {ready.trust_domain} ready in {ready.seconds:.2f} s",
         "export " + shlex.quote(f"SPIFFE_ENDPOINT_SOCKET=unix://{ready.agent_socket}"),
-        f"admin socket: {ready.admin_socket}  (use: spiffed-server entry show -socketPath {admin})",
-        "fetch: spiffed-agent api fetch x509 -socketPath " + shlex.quote(str(ready.agent_socket)),
+        f"admin socket: {ready.admin_socket}  "
+        f"(use: {_tool('spiffed-server')} entry show -socketPath {admin})",
+        f"fetch: {_tool('spiffed-agent')} api fetch x509 -socketPath "
+        + shlex.quote(str(ready.agent_socket)),
     ]
     return lines
 

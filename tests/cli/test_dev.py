@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import queue
+import shlex
 import signal
 import subprocess
 import sys
@@ -260,11 +261,16 @@ def test_dev_serves_the_user_resumes_and_stops_cleanly(spiffed_dev, tmp_path: Pa
 def test_ephemeral_leaves_nothing_on_disk(spiffed_dev, tmp_path: Path) -> None:
     temp = tmp_path / "tmp"
     temp.mkdir()
-    environ = env(tmp_path) | {"TMPDIR": str(temp)}
+    # PATH without the virtualenv, as under `make dev`: the printed commands still work
+    environ = env(tmp_path) | {"TMPDIR": str(temp), "PATH": "/usr/bin:/bin"}
     dev = spiffed_dev("--ephemeral", environ=environ)
     address, sock, _ = dev.ready()
     assert str(sock).startswith(str(temp)), "the temporary directory is used"
     assert pyspiffe_fetch(address)[0] == ME
+    fetch = shlex.split(dev.wait_for("fetch: ").removeprefix("fetch: "))
+    assert fetch[0] == str(BIN / "spiffed-agent")
+    out = subprocess.run(fetch, capture_output=True, check=False, text=True, timeout=DEADLINE)
+    assert f"SPIFFE ID:\t\t{ME}" in out.stdout, out.stderr
     assert not (sock.parent / "server" / "datastore.sqlite3").exists(), "datastore in memory"
     assert not (sock.parent / "server" / "keys.json").exists(), "keys in memory"
     assert not (sock.parent / "agent" / "agent_svid.key").exists()
