@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -189,6 +190,40 @@ async def test_expired_entries_are_not_served(ds: DataStore) -> None:
         assert c.entry(e.id) is None
     finally:
         await c.stop()
+
+
+async def test_expired_node_alias_grants_nothing(ds: DataStore) -> None:
+    """An attacker's agent matches a node alias that has expired: the alias's children are
+    no longer served to it, even from an answer remembered before the alias expired."""
+    now = [1_000_000.0]
+    c = ServerCache(ds, TD, poll_interval=60, clock=lambda: now[0])
+    await c.start()
+    try:
+        await ds.create_node(node(AGENT, NODE_SEL))
+        alias = entry("spiffe://example.org/cluster", SERVER, NODE_SEL, expires_at=int(now[0]) + 10)
+        await ds.create_entry(alias)
+        await ds.create_entry(entry("spiffe://example.org/w1", "spiffe://example.org/cluster"))
+        await c.refresh()
+        assert ids(c.authorized_entries(sid(AGENT))) == {"spiffe://example.org/w1"}
+        now[0] += 10  # the alias expires; the child itself never does
+        assert c.authorized_entries(sid(AGENT)) == []
+    finally:
+        await c.stop()
+
+
+def test_index_leaves_out_aliases_and_entries_refused_by_keep() -> None:
+    from spiffed.server.authorized import AuthorizedEntryIndex
+    from spiffed.server.cache import _indexed
+
+    index: AuthorizedEntryIndex[Any] = AuthorizedEntryIndex(TD)
+    expired = entry("spiffe://example.org/cluster", SERVER, NODE_SEL, id="alias")
+    child = entry("spiffe://example.org/w1", "spiffe://example.org/cluster", id="child")
+    for e in (expired, child):
+        index.upsert_entry(_indexed(e))
+    index.set_agent(sid(AGENT), [NODE_SEL])  # type: ignore[list-item]
+    assert [e.id for e in index.authorized_entries(sid(AGENT))] == ["child"]
+    assert index.authorized_entries(sid(AGENT), keep=lambda e: e.id != "alias") == []
+    assert index.agent_aliases(sid(AGENT), keep=lambda e: e.id != "alias") == []
 
 
 async def test_node_miss_reads_datastore_once(ds: DataStore, cache: ServerCache) -> None:

@@ -13,7 +13,7 @@ datastore. Lookups cost time in proportion to the answer, not to the number of e
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -95,24 +95,38 @@ class AuthorizedEntryIndex(Generic[E]):
         """Forget an agent's node selectors (evicted or expired)."""
         self._agents.pop(str(agent_id), None)
 
-    def agent_aliases(self, agent_id: SpiffeId) -> list[str]:
-        """Paths of the node aliases whose selectors are all among the agent's selectors."""
+    def agent_alias_entries(self, agent_id: SpiffeId) -> list[E]:
+        """The node-alias entries whose selectors are all among the agent's selectors."""
         matched = self._aliases.match(self._agents.get(str(agent_id), frozenset()))
-        return sorted({self._entries[eid].spiffe_id.path for eid in matched})
+        return [self._entries[eid] for eid in sorted(matched)]
 
-    def authorized_entries(self, agent_id: SpiffeId) -> list[E]:
-        """Every entry the agent may serve, each once."""
+    def agent_aliases(
+        self, agent_id: SpiffeId, keep: Callable[[E], bool] | None = None
+    ) -> list[str]:
+        """Paths of the node aliases whose selectors are all among the agent's selectors
+        (only aliases ``keep`` accepts, e.g. unexpired ones, when given)."""
+        entries = self.agent_alias_entries(agent_id)
+        return sorted({e.spiffe_id.path for e in entries if keep is None or keep(e)})
+
+    def authorized_entries(
+        self, agent_id: SpiffeId, keep: Callable[[E], bool] | None = None
+    ) -> list[E]:
+        """Every entry the agent may serve, each once. With ``keep``, an entry it refuses
+        (e.g. an expired one) is left out, and so is what is reached only through it; this
+        applies to node aliases too."""
         if not agent_id.member_of(self.trust_domain):
             return []
         found: dict[str, E] = {}
         seen: set[str] = set()
-        stack = [agent_id.path, *self.agent_aliases(agent_id)]
+        stack = [agent_id.path, *self.agent_aliases(agent_id, keep)]
         while stack:
             parent = stack.pop()
             if parent in seen:
                 continue
             seen.add(parent)
             for entry_id, entry in self._children.get(parent, {}).items():
+                if keep is not None and not keep(entry):
+                    continue
                 found[entry_id] = entry
                 stack.append(entry.spiffe_id.path)
         return list(found.values())

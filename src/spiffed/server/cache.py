@@ -373,16 +373,28 @@ class ServerCache:
         remembered = self._answers.get(key)
         if remembered is not None and now < remembered[0]:
             return list(remembered[1])
-        found = self._walk(agent_id, now)
-        expiries = [e.expires_at for e in found if e.expires_at]
+        found, aliases = self._walk(agent_id, now)
+        # The answer holds until the first of its entries, or of the node aliases it went
+        # through, expires.
+        expiries = [e.expires_at for e in (*found, *aliases) if e.expires_at]
         self._answers[key] = (min(expiries, default=math.inf), found)
         return list(found)
 
-    def _walk(self, agent_id: SpiffeId, now: float) -> list[RegistrationEntry]:
+    def _walk(
+        self, agent_id: SpiffeId, now: float
+    ) -> tuple[list[RegistrationEntry], list[RegistrationEntry]]:
+        """The agent's authorized entries, and the live node aliases that granted some."""
         found: dict[str, RegistrationEntry] = {}
         index = self._index
         seen: set[str] = set()
-        stack = [agent_id.path, *index.agent_aliases(agent_id)]
+        # An expired node alias grants nothing, as an expired entry parented to the agent.
+        live = [
+            item
+            for item in index.agent_alias_entries(agent_id)
+            if not (item.record.expires_at and item.record.expires_at <= now)
+        ]
+        aliases = [item.record for item in live]
+        stack = [agent_id.path, *sorted({item.spiffe_id.path for item in live})]
         children = index._children
         while stack:
             parent = stack.pop()
@@ -395,7 +407,7 @@ class ServerCache:
                     continue
                 found[entry_id] = entry
                 stack.append(item.spiffe_id.path)
-        return list(found.values())
+        return list(found.values()), aliases
 
     def entry(self, entry_id: str) -> RegistrationEntry | None:
         """The entry with this ID, if it exists and has not expired."""

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -35,6 +36,9 @@ __all__ = ["ServerRunError", "configure_logging", "run", "serve"]
 
 CA_ROTATE_INTERVAL = 10.0
 SVID_CHECK_INTERVAL = 5.0
+ENTRY_PRUNE_INTERVAL = 300.0
+"""How often expired registration entries are deleted (SPIRE's registration manager, 5 min).
+Expired join tokens are not pruned periodically: SPIRE deletes one when it is shown."""
 
 _LEVELS = {
     "TRACE": logging.DEBUG,
@@ -216,9 +220,18 @@ async def serve(
         )
         if on_ready is not None:
             on_ready(endpoints)
+        pruner = asyncio.create_task(
+            prune_entries_every(
+                datastore, stop, _interval("SPIFFED_ENTRY_PRUNE_INTERVAL", ENTRY_PRUNE_INTERVAL)
+            ),
+            name="server-prune-entries",
+        )
         try:
             await _rotation_loop(ca, svid, stop, log)
         finally:
+            pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruner
             log.info("Stopping Server APIs")
             await cache.stop()  # ends agents' watch streams before the graceful stop
             await endpoints.stop()
@@ -229,6 +242,37 @@ async def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     log.info("Server stopped gracefully")
+
+
+async def prune_expired_entries(datastore: Any, clock: Callable[[], float] = time.time) -> int:
+    """Delete the registration entries that have expired by now; how many were deleted."""
+    pruned = int(await datastore.prune_entries(int(clock())))
+    if pruned:
+        structlog.get_logger("spiffed.server").debug(
+            "Pruned expired registration entries", count=pruned
+        )
+    return pruned
+
+
+async def prune_entries_every(
+    datastore: Any,
+    stop: asyncio.Event,
+    every: float = ENTRY_PRUNE_INTERVAL,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """SPIRE's registration manager: every ``every`` seconds, delete expired entries (a
+    failure is logged and retried at the next tick) until ``stop`` is set."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)
+        if stop.is_set():
+            return
+        try:
+            await prune_expired_entries(datastore, clock)
+        except Exception as exc:
+            structlog.get_logger("spiffed.server").error(
+                "Failed pruning registration entries", error=str(exc)
+            )
 
 
 async def _rotation_loop(ca: CaManager, svid: ServerSvid, stop: asyncio.Event, log: Any) -> None:
