@@ -41,6 +41,20 @@ def test_renewal_happens_before_half_life_and_not_too_early(life_s: int, seed: i
     assert at <= start + (end - start) / 2
 
 
+def test_a_backdated_short_svid_is_renewed_at_half_its_life_from_arrival() -> None:
+    """A 10 s SVID backdated 10 s is at half-life on arrival; counted from its arrival it is
+    renewed about 5 s later instead of at once (and again and again)."""
+    received = datetime(2026, 1, 1, tzinfo=UTC)
+    not_before, not_after = received - timedelta(seconds=10), received + timedelta(seconds=10)
+    assert renewal_time(not_before, not_after, jitter=0) == received
+    assert renewal_time(not_before, not_after, jitter=0, received=received) == received + (
+        timedelta(seconds=5)
+    )
+    # Arriving after it expired (a clock jump) gives "renew now", never a time past not_after.
+    late = not_after + timedelta(seconds=1)
+    assert renewal_time(not_before, not_after, received=late) == not_after
+
+
 def test_rate_limit_per_key_refills_with_time() -> None:
     now = [0.0]
     limiter = KeyedRateLimiter(rate=1, burst=2, clock=lambda: now[0])

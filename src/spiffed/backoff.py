@@ -54,12 +54,19 @@ def renewal_time(
     fraction: float = 0.5,
     jitter: float = 0.1,
     rng: random.Random | None = None,
+    received: datetime | None = None,
 ) -> datetime:
     """When to renew a credential valid from ``not_before`` to ``not_after``.
 
     At ``fraction`` of its life, moved earlier by up to ``jitter`` of its life (never later,
     so a credential is always renewed before ``fraction`` of its life has passed).
+
+    ``received`` is when a newly issued credential arrived. Issuers backdate ``not_before``
+    (SPIRE and spiffed by 10 s, against clock skew); counted from ``received`` instead, a
+    short-lived credential is not due for renewal the moment it arrives (a 10 s SVID
+    backdated 10 s would be at half-life on arrival and be renewed again and again).
     """
-    life = not_after - not_before
+    start = not_before if received is None else max(not_before, min(received, not_after))
+    life = not_after - start
     early = (rng or random).random() * jitter
-    return not_before + timedelta(seconds=life.total_seconds() * max(0.0, fraction - early))
+    return start + timedelta(seconds=life.total_seconds() * max(0.0, fraction - early))

@@ -254,10 +254,9 @@ class Manager:
 
     async def initialize(self) -> None:
         """Load the stored SVID when still usable, else attest; put the bundle in the cache."""
-        state = self._load_usable_state()
-        if state is None:
-            state = await self._attest()
-        self._set_state(state)
+        loaded = self._load_usable_state()
+        state = loaded if loaded is not None else await self._attest()
+        self._set_state(state, fresh=loaded is None)
         self.cache.set_bundles(state.bundle, self.cache.federated_bundles)
 
     @property
@@ -336,14 +335,18 @@ class Manager:
                 f"cannot store the agent SVID in {str(self.data_dir)!r}: {exc}"
             ) from None
 
-    def _set_state(self, state: AgentState) -> None:
+    def _set_state(self, state: AgentState, *, fresh: bool = True) -> None:
+        """Use ``state``; ``fresh`` when its SVID was just issued (not loaded from disk)."""
         self._state = state
         if self._jwt_channel is not None:
             self._jwt_channel.close()
             self._jwt_channel = None
         leaf = state.svid.leaf
         self._agent_renew_at = renewal_time(
-            leaf.not_valid_before_utc, leaf.not_valid_after_utc, rng=self.rng
+            leaf.not_valid_before_utc,
+            leaf.not_valid_after_utc,
+            rng=self.rng,
+            received=_now() if fresh else None,
         )
 
     def _channel(self) -> ServerChannel:
@@ -515,7 +518,7 @@ class Manager:
                 continue
             leaf = svid.leaf
             self._renew_at[entry.id] = renewal_time(
-                leaf.not_valid_before_utc, leaf.not_valid_after_utc, rng=self.rng
+                leaf.not_valid_before_utc, leaf.not_valid_after_utc, rng=self.rng, received=_now()
             )
             ok += 1
         return ok, bad
