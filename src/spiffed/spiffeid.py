@@ -254,7 +254,9 @@ class SpiffeId:
 class Matcher(Protocol):
     """Decides whether a peer's SPIFFE ID is acceptable."""
 
-    def __call__(self, spiffe_id: SpiffeId) -> bool: ...
+    def __call__(self, spiffe_id: SpiffeId) -> bool:
+        """True when ``spiffe_id`` is acceptable."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
