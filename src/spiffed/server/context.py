@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from spiffed.server.api.limits import RateLimits
 from spiffed.server.ca.manager import CaManager
 from spiffed.server.cache import ServerCache
 from spiffed.server.signing import SigningLimiter
@@ -34,3 +35,9 @@ class ServerContext:
     """Entries and nodes in memory (None only in unit tests that do not need it)."""
     signing: SigningLimiter = field(default_factory=SigningLimiter)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    rate_limits: RateLimits = field(default=None)  # type: ignore[assignment]
+    """The per-IP limiters shared by the RPCs (built from ``config.ratelimit`` when None)."""
+
+    def __post_init__(self) -> None:
+        if self.rate_limits is None:
+            self.rate_limits = RateLimits.from_config(self.config)

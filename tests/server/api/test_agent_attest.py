@@ -31,6 +31,7 @@ from spiffed.nodeattestation import x509pop as proto
 from spiffed.server import datastore as ds
 from spiffed.server.api import Caller, Role, allowed, caller_context
 from spiffed.server.api.agent import AgentService
+from spiffed.server.api.limits import RateLimits
 from spiffed.server.ca.manager import CaManager, CaSettings
 from spiffed.server.config import ServerConfig
 from spiffed.server.context import ServerContext
@@ -136,11 +137,18 @@ async def env(tmp_path: Path, pki: dict[str, Issued]) -> AsyncIterator[Env]:
     await ca.start()
     svid = ServerSvid(ca)
     svid.rotate(force=True)
-    ctx = ServerContext(trust_domain=TD, datastore=store, ca=ca, server_svid=svid, config=config)
     clock = FakeClock()
+    ctx = ServerContext(
+        trust_domain=TD,
+        datastore=store,
+        ca=ca,
+        server_svid=svid,
+        config=config,
+        rate_limits=RateLimits.from_config(config, clock),
+    )
     holder = [Caller(address=IP_A)]
     try:
-        async with ChannelFor([AsCaller(AgentService(ctx, clock=clock), holder)]) as channel:
+        async with ChannelFor([AsCaller(AgentService(ctx), holder)]) as channel:
             yield Env(ctx, agent_grpc.AgentStub(channel), holder, clock, pki)
     finally:
         await store.close()

@@ -9,6 +9,7 @@ The calls go through an in-process channel whose handlers run as the caller the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.testing import ChannelFor
 
+from spiffed._proto.spire.api.server.agent.v1 import agent_grpc
+from spiffed._proto.spire.api.server.agent.v1 import agent_pb2 as A
 from spiffed._proto.spire.api.server.bundle.v1 import bundle_grpc
 from spiffed._proto.spire.api.server.bundle.v1 import bundle_pb2 as B
 from spiffed._proto.spire.api.server.svid.v1 import svid_grpc
@@ -32,9 +35,11 @@ from spiffed._proto.spire.api.types import bundle_pb2 as TB
 from spiffed.bundle.jwt import JwtBundle
 from spiffed.server import datastore as ds
 from spiffed.server.api import Caller, Role, allowed, caller_context
+from spiffed.server.api.limits import SIGN_LIMIT_PER_IP, RateLimits, rate_limit_key
 from spiffed.server.api.services import build_services
 from spiffed.server.api.svid import MAX_BATCH, YIELD_EVERY
 from spiffed.server.cache import ServerCache
+from spiffed.server.config import RateLimitConfig
 from spiffed.server.signing import SigningLimiter
 from spiffed.spiffeid import SpiffeId, TrustDomain
 from spiffed.svid.jwt import JwtSvid
@@ -144,6 +149,7 @@ class AgentApi:
     bundle: bundle_grpc.BundleStub
     holder: list[Caller]
     signed: list[SpiffeId]
+    agent: agent_grpc.AgentStub
 
     def as_caller(self, caller: Caller) -> None:
         self.holder[0] = caller
@@ -188,7 +194,12 @@ async def agent_api(api: Api, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     try:
         async with ChannelFor(services) as channel:
             yield AgentApi(
-                api, svid_grpc.SVIDStub(channel), bundle_grpc.BundleStub(channel), holder, signed
+                api,
+                svid_grpc.SVIDStub(channel),
+                bundle_grpc.BundleStub(channel),
+                holder,
+                signed,
+                agent_grpc.AgentStub(channel),
             )
     finally:
         if started is not None:
@@ -529,3 +540,116 @@ async def test_federated_bundle_datastore_failure_is_internal(
         )
     assert err.value.status is Status.INTERNAL
     assert err.value.message == "failed to fetch bundle: database is gone"
+
+
+# --- per-IP signing rate limit (SPIRE's SignLimitPerIP) ------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _limited(agent_api: AgentApi) -> tuple[RateLimits, Clock]:
+    clock = Clock()
+    limits = RateLimits.from_config(None, clock)
+    agent_api.api.ctx.rate_limits = limits
+    return limits, clock
+
+
+async def test_batch_costs_one_per_csr_against_the_per_ip_signing_limit(
+    agent_api: AgentApi,
+) -> None:
+    """An agent floods batches from one IP: once its 500 CSRs a second are used, a batch is
+    refused whole (nothing signed) until the bucket refills; another IP is not affected."""
+    limits, clock = _limited(agent_api)
+    entry_id = await agent_api.add_entry("/web")
+    csr = csr_der()
+    assert limits.x509_signing is not None
+    assert limits.x509_signing.allow("127.0.0.1", SIGN_LIMIT_PER_IP - 3)  # already used
+    with pytest.raises(GRPCError) as err:
+        await agent_api.svid.BatchNewX509SVID(params(*[(entry_id, csr)] * 4))
+    assert err.value.status is Status.RESOURCE_EXHAUSTED
+    assert err.value.message == (
+        "rejecting request due to certificate signing rate limiting: "
+        "too many requests from 127.0.0.1"
+    )
+    assert agent_api.signed == []
+    resp = await agent_api.svid.BatchNewX509SVID(params(*[(entry_id, csr)] * 3))
+    assert [r.status.code for r in resp.results] == [0, 0, 0]
+    agent_api.as_caller(dataclasses.replace(AGENT_CALLER, address="192.0.2.7:5000"))
+    await agent_api.svid.BatchNewX509SVID(params((entry_id, csr)))
+    agent_api.as_caller(AGENT_CALLER)
+    clock.now += 1.0  # a second later: 500 more
+    resp = await agent_api.svid.BatchNewX509SVID(params(*[(entry_id, csr)] * 2))
+    assert len(agent_api.signed) == 6
+
+
+async def test_renew_agent_draws_on_the_same_signing_budget(agent_api: AgentApi) -> None:
+    limits, _ = _limited(agent_api)
+    entry_id = await agent_api.add_entry("/web")
+    assert limits.x509_signing is not None
+    assert limits.x509_signing.allow("127.0.0.1", SIGN_LIMIT_PER_IP - 1)
+    await agent_api.svid.BatchNewX509SVID(params((entry_id, csr_der())))  # the last token
+    with pytest.raises(GRPCError) as err:
+        await agent_api.agent.RenewAgent(
+            A.RenewAgentRequest(params=A.AgentX509SVIDParams(csr=csr_der()))
+        )
+    assert err.value.status is Status.RESOURCE_EXHAUSTED
+    assert (err.value.message or "").startswith(
+        "rejecting request due to renew agent rate limiting"
+    )
+
+
+async def test_jwt_signing_is_limited_per_ip(agent_api: AgentApi) -> None:
+    limits, clock = _limited(agent_api)
+    entry_id = await agent_api.add_entry("/web")
+    assert limits.jwt_signing is not None
+    assert limits.jwt_signing.allow("127.0.0.1", SIGN_LIMIT_PER_IP)
+    req = S.NewJWTSVIDRequest(entry_id=entry_id, audience=["a"])
+    with pytest.raises(GRPCError) as err:
+        await agent_api.svid.NewJWTSVID(req)
+    assert err.value.status is Status.RESOURCE_EXHAUSTED
+    assert err.value.message == (
+        "rejecting request due to JWT signing request rate limiting: "
+        "too many requests from 127.0.0.1"
+    )
+    # X.509 signing has its own budget (as SPIRE's middleware).
+    await agent_api.svid.BatchNewX509SVID(params((entry_id, csr_der())))
+    clock.now += 0.01  # 5 tokens back
+    assert (await agent_api.svid.NewJWTSVID(req)).svid.token
+
+
+async def test_signing_limits_off_when_configured() -> None:
+    limits = RateLimits.from_config(
+        ServerConfigStub(RateLimitConfig(attestation=False, signing=False))
+    )
+    assert (limits.attestation, limits.x509_signing, limits.jwt_signing) == (None, None, None)
+    assert limits.post_status is not None  # SPIRE limits PostStatus regardless
+    on = RateLimits.from_config(None)
+    assert on.attestation is not None and on.x509_signing is not None
+    assert on.x509_signing is not on.jwt_signing
+
+
+@dataclasses.dataclass
+class ServerConfigStub:
+    ratelimit: RateLimitConfig
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("192.0.2.1:443", "192.0.2.1"),
+        ("2001:db8:1:2:aaaa::1:443", "2001:db8:1:2::/64"),
+        ("[2001:db8:1:2:bbbb::7]:443", "2001:db8:1:2::/64"),
+        ("::ffff:192.0.2.9:443", "192.0.2.9"),
+        (None, None),
+        ("", None),
+    ],
+)
+def test_callers_are_keyed_by_ip_and_ipv6_by_64(address: str | None, key: str | None) -> None:
+    """An IPv6 host rotating addresses within its /64 shares one bucket."""
+    assert rate_limit_key(address) == key

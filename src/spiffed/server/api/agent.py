@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,7 +27,6 @@ from grpclib.server import Stream
 
 from spiffed._proto.spire.api.server.agent.v1 import agent_grpc, agent_pb2
 from spiffed._proto.spire.api.types import jointoken_pb2, spiffeid_pb2, status_pb2, x509svid_pb2
-from spiffed.ratelimit import KeyedRateLimiter
 from spiffed.server import datastore as ds
 from spiffed.server.api import current_caller
 from spiffed.server.api.convert import (
@@ -39,6 +38,12 @@ from spiffed.server.api.convert import (
     spiffe_id_to_proto,
 )
 from spiffed.server.api.entry import MATCH_BEHAVIOR
+from spiffed.server.api.limits import (
+    ATTEST_LIMIT_PER_IP,
+    POST_STATUS_LIMIT_PER_IP,
+    SIGN_LIMIT_PER_IP,
+    take,
+)
 from spiffed.server.context import ServerContext
 from spiffed.server.errors import ServerError
 from spiffed.server.nodeattestor import (
@@ -62,12 +67,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-ATTEST_LIMIT_PER_IP = 1
-"""SPIRE's ``limits.AttestLimitPerIP``: AttestAgent calls per second (and burst) per IP."""
-SIGN_LIMIT_PER_IP = 500
-"""SPIRE's ``limits.SignLimitPerIP``, applied to RenewAgent."""
-POST_STATUS_LIMIT_PER_IP = 10
-"""SPIRE's ``limits.PostStatusLimitPerIP``."""
 AGENT_VERSION_MAX_LEN = 255
 CHALLENGE_TIMEOUT = 60.0
 """How long the server waits for the answer to one attestation challenge."""
@@ -84,14 +83,6 @@ def _permission_denied(reason: int, message: str) -> GRPCError:
         message,
         [status_pb2.PermissionDeniedDetails(reason=reason)],  # type: ignore[arg-type]
     )
-
-
-def _caller_ip(address: str | None) -> str | None:
-    """The IP of an ``ip:port`` caller address (None for local callers, not limited)."""
-    if not address:
-        return None
-    host = address.rpartition(":")[0] or address
-    return host.strip("[]")
 
 
 def _check_csr(der: bytes) -> x509.CertificateSigningRequest:
@@ -219,48 +210,22 @@ class AgentService(agent_grpc.AgentBase):
         self,
         ctx: ServerContext,
         *,
-        clock: Callable[[], float] = time.monotonic,
         attestors: Mapping[str, NodeAttestor] | None = None,
     ) -> None:
-        """``clock`` drives the per-IP rate limits; ``attestors`` defaults to those of
-        ``ctx.config.node_attestors`` (join_token only without a config)."""
+        """``attestors`` defaults to those of ``ctx.config.node_attestors`` (join_token only
+        without a config). The per-IP rate limits are ``ctx.rate_limits`` (shared with the
+        SVID service: RenewAgent and BatchNewX509SVID draw on one X.509 signing budget)."""
         self._ctx = ctx
         config = ctx.config
         if attestors is None:
             plugins = config.node_attestors if config is not None else ()
             attestors = build_node_attestors(ctx.trust_domain, plugins, ctx.datastore)
         self._attestors = dict(attestors)
-        limits = config.ratelimit if config is not None else None
-        self._attest_limiter = (
-            KeyedRateLimiter(ATTEST_LIMIT_PER_IP, ATTEST_LIMIT_PER_IP, clock=clock)
-            if limits is None or limits.attestation
-            else None
-        )
-        self._renew_limiter = (
-            KeyedRateLimiter(SIGN_LIMIT_PER_IP, SIGN_LIMIT_PER_IP, clock=clock)
-            if limits is None or limits.signing
-            else None
-        )
-        self._status_limiter = KeyedRateLimiter(
-            POST_STATUS_LIMIT_PER_IP, POST_STATUS_LIMIT_PER_IP, clock=clock
-        )
 
     @property
     def _agent_ttl(self) -> timedelta | None:
         config = self._ctx.config
         return config.agent_ttl if config is not None else None
-
-    @staticmethod
-    def _rate_limit(limiter: KeyedRateLimiter | None, what: str) -> None:
-        """SPIRE's per-IP limit; calls not over TCP (local) are not limited."""
-        if limiter is None:
-            return
-        ip = _caller_ip(current_caller().address)
-        if ip is not None and not limiter.allow(ip):
-            raise ServerError(
-                Status.RESOURCE_EXHAUSTED,
-                f"rejecting request due to {what} rate limiting: too many requests from {ip}",
-            )
 
     def _sign(self, agent_id: SpiffeId, csr: x509.CertificateSigningRequest) -> Any:
         try:
@@ -388,7 +353,12 @@ class AgentService(agent_grpc.AgentBase):
     async def AttestAgent(self, stream: Stream[Any, Any]) -> None:
         """Attest a node: check its attestation data (and answers to challenges), then sign
         its agent SVID and create or update its attested-node record."""
-        self._rate_limit(self._attest_limiter, "attest agent")
+        take(
+            self._ctx.rate_limits.attestation,
+            current_caller().address,
+            "attest agent",
+            burst=ATTEST_LIMIT_PER_IP,
+        )
         req = await stream.recv_message()
         problem = _attest_params_problem(req)
         if problem is not None:
@@ -542,7 +512,12 @@ class AgentService(agent_grpc.AgentBase):
         """A new agent SVID for the calling agent, recorded as its node's new certificate."""
         req = await stream.recv_message()
         assert req is not None
-        self._rate_limit(self._renew_limiter, "renew agent")
+        take(
+            self._ctx.rate_limits.x509_signing,
+            current_caller().address,
+            "renew agent",
+            burst=SIGN_LIMIT_PER_IP,
+        )
         caller = self._caller_id()
         try:
             node: ds.AttestedNode = await self._ds.get_node(str(caller))
@@ -583,7 +558,12 @@ class AgentService(agent_grpc.AgentBase):
         """Record the calling agent's version (when it sends one)."""
         req = await stream.recv_message()
         assert req is not None
-        self._rate_limit(self._status_limiter, "post status")
+        take(
+            self._ctx.rate_limits.post_status,
+            current_caller().address,
+            "post status",
+            burst=POST_STATUS_LIMIT_PER_IP,
+        )
         caller = self._caller_id()
         version = req.agent_version
         if version:

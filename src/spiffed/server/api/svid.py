@@ -8,6 +8,9 @@ never what the CSR asks for: the CSR only contributes its (self-signed) public k
 Every signing RPC holds a slot of the server's global signing limiter while it signs; when
 no slot frees up in time the call is refused with RESOURCE_EXHAUSTED. A batch is signed by
 one coroutine that yields to the event loop every :data:`YIELD_EVERY` SVIDs.
+
+BatchNewX509SVID (one token per CSR, shared with RenewAgent) and NewJWTSVID are also limited
+per caller IP (:mod:`spiffed.server.api.limits`, SPIRE's ``SignLimitPerIP``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from spiffed.server.api.convert import (
     spiffe_id_to_proto,
     status_of,
 )
+from spiffed.server.api.limits import SIGN_LIMIT_PER_IP, take
 from spiffed.server.context import ServerContext
 from spiffed.server.datastore.records import RegistrationEntry
 from spiffed.server.errors import ServerError
@@ -49,10 +53,11 @@ from spiffed.svid.jwt import JwtSvidError, sign_jwt_svid
 
 __all__ = ["MAX_BATCH", "YIELD_EVERY", "SvidService", "wildcard_overlap"]
 
-MAX_BATCH = 500
+MAX_BATCH = SIGN_LIMIT_PER_IP
 """The most CSRs one BatchNewX509SVID may carry: SPIRE's per-IP signing burst
 (``limits.SignLimitPerIP``); a larger batch is refused with RESOURCE_EXHAUSTED, as SPIRE's
-rate limiter does (``rate (n) exceeds burst size (500)``)."""
+rate limiter does (``rate (n) exceeds burst size (500)``), even with signing rate limits
+off (one batch must not hold the event loop for long)."""
 
 YIELD_EVERY = 50
 """A batch gives the event loop a turn after this many signatures."""
@@ -282,6 +287,14 @@ class SvidService(svid_grpc.SVIDBase):
         params = list(req.params)
         if not params:
             raise ServerError(Status.INVALID_ARGUMENT, "missing parameters")
+        # SPIRE's per-IP signing limit: each CSR costs one (shared with RenewAgent).
+        take(
+            self._ctx.rate_limits.x509_signing,
+            current_caller().address,
+            "certificate signing",
+            len(params),
+            burst=SIGN_LIMIT_PER_IP,
+        )
         if len(params) > MAX_BATCH:
             raise ServerError(
                 Status.RESOURCE_EXHAUSTED,
@@ -369,6 +382,12 @@ class SvidService(svid_grpc.SVIDBase):
         """A JWT-SVID for an entry the calling agent is authorized for, for ``audience``."""
         req = await stream.recv_message()
         assert req is not None
+        take(
+            self._ctx.rate_limits.jwt_signing,
+            current_caller().address,
+            "JWT signing request",
+            burst=SIGN_LIMIT_PER_IP,
+        )
         agent = _caller_id()
         entry = self._authorized(agent, [req.entry_id]).get(req.entry_id)
         if entry is None:
