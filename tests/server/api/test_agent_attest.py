@@ -518,6 +518,83 @@ async def test_attestation_rate_limit_is_per_ip(env: Env) -> None:
     assert await env.ds.count_nodes() == 3
 
 
+# --- slow and numerous unauthenticated callers ----------------------------------------------
+
+
+class StalledStream:
+    """The server side of an AttestAgent stream whose client sends ``messages`` and then
+    nothing more until ``release`` is set (then its stream ends)."""
+
+    def __init__(self, *messages: Any) -> None:
+        self.messages = list(messages)
+        self.sent: list[Any] = []
+        self.release = asyncio.Event()
+
+    async def recv_message(self) -> Any:
+        if self.messages:
+            return self.messages.pop(0)
+        await self.release.wait()
+        return None
+
+    async def send_message(self, message: Any) -> None:
+        self.sent.append(message)
+
+
+async def _call(service: AgentService, stream: StalledStream, address: str) -> GRPCError:
+    """Run AttestAgent's handler on ``stream`` as a caller from ``address``; its refusal."""
+    token = caller_context.set(Caller(address=address))
+    try:
+        with pytest.raises(GRPCError) as err:
+            await service.AttestAgent(stream)  # type: ignore[arg-type]
+    finally:
+        caller_context.reset(token)
+    return err.value
+
+
+async def test_attest_caller_that_never_sends_parameters_is_cut_off(env: Env) -> None:
+    """A client opens AttestAgent and sends nothing: the call ends at the overall deadline
+    and frees its place, instead of holding a server task for good."""
+    service = AgentService(env.ctx, attest_deadline=0.05)
+    err = await asyncio.wait_for(_call(service, StalledStream(), IP_A), 10)
+    assert err.status is Status.DEADLINE_EXCEEDED
+    assert err.message == "attestation did not complete within 0.05s"
+    assert service.attestations_in_progress == 0
+
+
+async def test_attest_caller_stalling_on_a_challenge_is_cut_off(env: Env) -> None:
+    agent = x509pop_agent(env)
+    service = AgentService(env.ctx, attest_deadline=0.05)
+    stream = StalledStream(attest_req("x509pop", agent.payload()))
+    err = await asyncio.wait_for(_call(service, stream, IP_A), 10)
+    assert err.status is Status.DEADLINE_EXCEEDED
+    assert [m.WhichOneof("step") for m in stream.sent] == ["challenge"]  # never answered
+    assert await env.ds.count_nodes() == 0
+    assert service.attestations_in_progress == 0
+
+
+async def test_attestations_in_progress_are_capped(env: Env) -> None:
+    """Callers from many addresses (each within its per-IP limit) open attestations and
+    stall: past the global cap, new ones are refused at once; finished ones free places."""
+    service = AgentService(env.ctx, max_attestations=2)
+    stalled = [StalledStream(), StalledStream()]
+    calls = [
+        asyncio.create_task(_call(service, s, f"192.0.2.{100 + i}:1000"))
+        for i, s in enumerate(stalled)
+    ]
+    await _wait_for(lambda: service.attestations_in_progress == 2, "two stalled calls")
+    await add_token(env, "third")
+    third = StalledStream(attest_req("join_token", b"third"))
+    err = await _call(service, third, "192.0.2.200:1000")
+    assert err.status is Status.RESOURCE_EXHAUSTED
+    assert err.message == "rejecting request due to too many attestations in progress (at most 2)"
+    assert await token_left(env, "third")
+    for s in stalled:
+        s.release.set()
+    for call in calls:
+        assert (await call).status is Status.INVALID_ARGUMENT  # ended without parameters
+    assert service.attestations_in_progress == 0
+
+
 # --- RenewAgent and PostStatus -------------------------------------------------------------------
 
 

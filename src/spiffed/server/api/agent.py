@@ -68,8 +68,17 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 AGENT_VERSION_MAX_LEN = 255
-CHALLENGE_TIMEOUT = 60.0
-"""How long the server waits for the answer to one attestation challenge."""
+CHALLENGE_TIMEOUT = 20.0
+"""How long the server waits for the answer to one attestation challenge (within the
+overall :data:`ATTEST_DEADLINE`)."""
+ATTEST_DEADLINE = 30.0
+"""How long an AttestAgent caller has, in all, to send its parameters and answer every
+challenge (an unauthenticated client must not hold a server task for long). SPIRE's agent
+sends its parameters at once and answers each challenge as soon as it gets it, so a real
+attestation takes a few round trips; 30 s leaves room for slow links and slow attestors."""
+MAX_ATTESTATIONS_IN_PROGRESS = 64
+"""The most AttestAgent calls the server works on at once; more are refused with
+RESOURCE_EXHAUSTED (the per-IP limit alone does not bound callers from many addresses)."""
 _SERVER_ID_PATH = "/spire/server"
 
 _Reason = status_pb2.PermissionDeniedDetails.Reason
@@ -211,11 +220,21 @@ class AgentService(agent_grpc.AgentBase):
         ctx: ServerContext,
         *,
         attestors: Mapping[str, NodeAttestor] | None = None,
+        attest_deadline: float = ATTEST_DEADLINE,
+        max_attestations: int = MAX_ATTESTATIONS_IN_PROGRESS,
     ) -> None:
         """``attestors`` defaults to those of ``ctx.config.node_attestors`` (join_token only
         without a config). The per-IP rate limits are ``ctx.rate_limits`` (shared with the
-        SVID service: RenewAgent and BatchNewX509SVID draw on one X.509 signing budget)."""
+        SVID service: RenewAgent and BatchNewX509SVID draw on one X.509 signing budget).
+        ``attest_deadline`` and ``max_attestations`` bound slow or numerous AttestAgent
+        callers (:data:`ATTEST_DEADLINE`, :data:`MAX_ATTESTATIONS_IN_PROGRESS`)."""
+        if attest_deadline <= 0 or max_attestations < 1:
+            raise ValueError("attest_deadline must be > 0 and max_attestations >= 1")
         self._ctx = ctx
+        self._attest_deadline = attest_deadline
+        self._max_attestations = max_attestations
+        self.attestations_in_progress = 0
+        """AttestAgent calls being worked on now."""
         config = ctx.config
         if attestors is None:
             plugins = config.node_attestors if config is not None else ()
@@ -359,6 +378,40 @@ class AgentService(agent_grpc.AgentBase):
             "attest agent",
             burst=ATTEST_LIMIT_PER_IP,
         )
+        if self.attestations_in_progress >= self._max_attestations:
+            raise ServerError(
+                Status.RESOURCE_EXHAUSTED,
+                "rejecting request due to too many attestations in progress "
+                f"(at most {self._max_attestations})",
+            )
+        self.attestations_in_progress += 1
+        try:
+            try:
+                async with asyncio.timeout(self._attest_deadline):
+                    kind, csr, result = await self._attest(stream)
+            except TimeoutError:
+                raise ServerError(
+                    Status.DEADLINE_EXCEEDED,
+                    f"attestation did not complete within {self._attest_deadline:g}s",
+                ) from None
+            try:
+                response = await self._admit(kind, result, csr)
+            except BaseException:
+                if result.undo is not None:
+                    try:
+                        await result.undo()
+                    except Exception as exc:  # the refusal below matters more
+                        log.warning("could not give back attestation data", error=str(exc))
+                raise
+            await stream.send_message(response)
+        finally:
+            self.attestations_in_progress -= 1
+
+    async def _attest(
+        self, stream: Stream[Any, Any]
+    ) -> tuple[str, x509.CertificateSigningRequest, AttestResult]:
+        """Receive the parameters and run the attestor (with its challenges): the attestation
+        type, the checked CSR and the attestor's result."""
         req = await stream.recv_message()
         problem = _attest_params_problem(req)
         if problem is not None:
@@ -396,16 +449,7 @@ class AgentService(agent_grpc.AgentBase):
         except AttestationError as exc:
             message = exc.message if kind == "join_token" else f"nodeattestor({kind}): {exc}"
             raise ServerError(exc.status, message) from None
-        try:
-            response = await self._admit(kind, result, csr)
-        except BaseException:
-            if result.undo is not None:
-                try:
-                    await result.undo()
-                except Exception as exc:  # the refusal below matters more
-                    log.warning("could not give back attestation data", error=str(exc))
-            raise
-        await stream.send_message(response)
+        return kind, csr, result
 
     async def _admit(
         self,
