@@ -310,7 +310,7 @@ async def populate(
             AttestedNode(
                 agent_id(a),
                 "join_token",
-                cert_serial_number=f"{serials.get(a, a + 1):x}",
+                cert_serial_number=str(serials.get(a, a + 1)),
                 cert_not_after=expires,
                 selectors=(Selector("x509pop", f"group:{a % aliases}"),) if aliases else (),
             )
