@@ -13,7 +13,7 @@ from grpclib.const import Status
 from spiffed.backoff import Backoff
 from spiffed.spiffeid import SpiffeId, TrustDomain
 from spiffed.svid.jwt import JwtSvidError
-from spiffed.workloadapi import BundleSource, JwtSource, WorkloadApiError, X509Source
+from spiffed.workloadapi import BundleSource, JwtSource, WorkloadApiError, X509Source, sources
 from spiffed.workloadapi.sources import SourceClosedError
 from tests.agent.endpoints.support import (
     DEADLINE,
@@ -243,3 +243,33 @@ async def test_bundle_source_combines_x509_and_jwt(agent: Agent) -> None:
         assert set(own.jwt_authorities) == {agent.ca.jwt_kid}
         await until(lambda: source.get_x509_bundle_for_trust_domain(FED) is not None, "fed")
         assert source.get_bundle_for_trust_domain(TrustDomain("x.org")) is None
+
+
+async def test_we_07_source_stopped_by_invalid_argument_closes_its_connection(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream refused for good after the start closes the source and the connection the
+    source opened (no channel left behind)."""
+    closes: list[int] = []
+
+    class RefusedLater(sources.WorkloadApiClient):
+        async def watch_x509_context(self) -> AsyncIterator[Any]:  # type: ignore[override]
+            async for context in super().watch_x509_context():
+                yield context
+                break
+            raise WorkloadApiError(Status.INVALID_ARGUMENT, "refused from now on")
+
+        def close(self) -> None:
+            closes.append(1)
+            super().close()
+
+    monkeypatch.setattr(sources, "WorkloadApiClient", RefusedLater)
+    agent.add(entry("a", "/a", MY_UID))
+    source = await X509Source(address=addr(agent), backoff=fast).start()
+    await until(lambda: source.closed, "source stopped for good")
+    assert closes, "the source's own connection was not closed"
+    assert source.client._channel is None  # type: ignore[attr-defined]
+    with pytest.raises(WorkloadApiError) as err:
+        source.get_x509_svid()
+    assert err.value.status == Status.INVALID_ARGUMENT
+    await source.close()

@@ -189,3 +189,46 @@ async def test_http_server_on_sync_sources_follows_rotation(agent: Agent) -> Non
         httpd.server_close()
         await in_thread(server_src.close)
         await in_thread(client_src.close)
+
+
+async def test_sync_source_refused_inside_a_running_event_loop(agent: Agent) -> None:
+    """A blocking source made on a thread running an event loop (here the loop serving the
+    agent) would block that loop until the timeout; it is refused at once."""
+    agent.add(entry("a", "/db", MY_UID))
+    before = {t for t in threading.enumerate() if t.name == "spiffed-workloadapi"}
+    with pytest.raises(RuntimeError, match="running an asyncio event loop"):
+        X509Source(addr(agent), timeout=None, backoff=fast)
+    with pytest.raises(RuntimeError, match="running an asyncio event loop"):
+        WorkloadApiClient(addr(agent))
+    after = {t for t in threading.enumerate() if t.name == "spiffed-workloadapi"}
+    assert after <= before
+    # made on another thread, its blocking calls are refused on the loop's thread too
+    client: WorkloadApiClient = await in_thread(lambda: WorkloadApiClient(addr(agent)))
+    try:
+        with pytest.raises(RuntimeError, match="running an asyncio event loop"):
+            client.fetch_x509_context()
+    finally:
+        await in_thread(client.close)
+
+
+async def test_sync_source_closed_from_its_subscriber_callback(agent: Agent) -> None:
+    e = entry("a", "/db", MY_UID)
+    agent.add(e)
+    source: X509Source = await in_thread(lambda: X509Source(addr(agent), backoff=fast))
+    errors: list[BaseException] = []
+
+    def close_it(s: X509Source) -> None:
+        try:
+            s.close()
+            s.close()  # idempotent there too
+        except BaseException as exc:  # pragma: no cover (the failure being tested)
+            errors.append(exc)
+
+    source.subscribe(close_it)
+    agent.rotate(e)
+    await until(lambda: errors != [] or not source.thread.is_alive(), "thread ended")
+    assert errors == []
+    assert source.closed
+    await in_thread(source.close)  # and again from another thread: returns at once
+    with pytest.raises(WorkloadApiError):
+        source.get_x509_svid()

@@ -241,6 +241,8 @@ class _Source:
             self._closed = True
             for other in self._tasks:
                 other.cancel()
+            if self._owns_client:  # nothing will use the connection again
+                self._client.close()
 
     async def close(self) -> None:
         """Stop the background tasks and close the client if the source created it."""

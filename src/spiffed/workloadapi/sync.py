@@ -50,6 +50,8 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self._stopping = False
+        self._close_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="spiffed-workloadapi", daemon=True)
         self._thread.start()
 
@@ -66,14 +68,30 @@ class _LoopThread:
         """The background thread."""
         return self._thread
 
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`close` or :meth:`stop` was called."""
+        return self._stopping
+
     def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
-        """Run ``coro`` on the loop and wait for its result (at most ``timeout`` seconds)."""
+        """Run ``coro`` on the loop and wait for its result (at most ``timeout`` seconds).
+
+        Refused (RuntimeError) from a thread running an event loop: waiting there would
+        block that loop, and with the loop serving the agent, wait forever.
+        """
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("a synchronous Workload API call cannot run on its own loop")
-        if not self._thread.is_alive():
+        if self._stopping or not self._thread.is_alive():
             coro.close()
             raise WorkloadApiError(Status.CANCELLED, "the Workload API object is closed")
+        if _running_loop() is not None:
+            coro.close()
+            raise RuntimeError(
+                "a synchronous Workload API call was made from a thread running an asyncio "
+                "event loop, which it would block; use spiffed.workloadapi's asyncio "
+                "classes there, or call it from another thread (asyncio.to_thread)"
+            )
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(timeout)
@@ -85,10 +103,54 @@ class _LoopThread:
 
     def stop(self) -> None:
         """Stop the loop and wait for the thread to end."""
+        self._stopping = True
         if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
+            with suppress(RuntimeError):  # the loop closed meanwhile
+                self.loop.call_soon_threadsafe(self.loop.stop)
             if threading.current_thread() is not self._thread:
                 self._thread.join()
+
+    def close(self, shutdown: Callable[[], Coroutine[Any, Any, None] | None]) -> None:
+        """Run ``shutdown()`` on the loop, then stop the loop (idempotent).
+
+        From another thread it waits until the thread ended. From the loop's own thread (a
+        subscriber callback) it cannot wait: the shutdown is scheduled to run once the
+        callback returns, and the thread ends right after.
+        """
+        with self._close_lock:
+            first = not self._stopping
+            self._stopping = True
+        if threading.current_thread() is self._thread:
+            if first:
+                self.loop.create_task(self._shutdown_then_stop(shutdown))
+            return
+        if not first:  # another close is under way (maybe scheduled by a callback)
+            self._thread.join()
+            return
+        if self._thread.is_alive():
+            coro = shutdown()
+            if coro is not None:
+                future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+                with suppress(Exception):
+                    future.result(30.0)
+        self.stop()
+
+    async def _shutdown_then_stop(
+        self, shutdown: Callable[[], Coroutine[Any, Any, None] | None]
+    ) -> None:
+        try:
+            coro = shutdown()
+            if coro is not None:
+                await coro
+        finally:
+            self.loop.stop()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class _Sync:
@@ -100,14 +162,10 @@ class _Sync:
         return None
 
     def close(self) -> None:
-        """Stop the background work and its thread (idempotent)."""
-        if not self._runner.thread.is_alive():
-            return
-        shutdown = self._shutdown()
-        if shutdown is not None:
-            with suppress(WorkloadApiError):
-                self._runner.run(shutdown, 30.0)
-        self._runner.stop()
+        """Stop the background work and its thread (idempotent). Called from a subscriber
+        callback (on the background thread) it returns at once and the work stops as soon
+        as the callback returns."""
+        self._runner.close(self._shutdown)
 
     @property
     def thread(self) -> threading.Thread:
@@ -226,7 +284,7 @@ class _SyncSource(_Sync):
     @property
     def closed(self) -> bool:
         """True once closed (or stopped for good by the agent's INVALID_ARGUMENT)."""
-        return self._source.closed
+        return self._runner.stopping or self._source.closed
 
     @property
     def version(self) -> int:
