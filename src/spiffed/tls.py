@@ -19,9 +19,11 @@ bundle every time.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import ssl
 import threading
+import types
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,14 +31,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
 from typing import Any, Protocol
 
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from grpclib.const import Status
+from grpclib.events import RecvRequest, listen
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server
 
 from spiffed.authorize import AuthorizationError, Authorizer, authorize_any
 from spiffed.bundle import X509Bundle, X509BundleSource
 from spiffed.keys import PrivateKey
 from spiffed.spiffeid import SpiffeId, TrustDomain
 from spiffed.svid.x509 import X509Svid, X509SvidError, verify_chain
+from spiffed.svid.x509_issue import create_root_ca, create_x509_svid, generate_key
 
 __all__ = [
     "PeerRejectedError",
@@ -44,9 +52,11 @@ __all__ = [
     "SpiffeTls",
     "StaticSource",
     "TlsError",
+    "TlsHookError",
     "TlsSource",
     "add_trust_anchors",
     "client_context",
+    "guard_grpclib_server",
     "load_identity",
     "parse_certificate_message",
     "peer_certificate",
@@ -55,8 +65,20 @@ __all__ = [
 ]
 
 
+log = structlog.get_logger(__name__)
+
+
 class TlsError(Exception):
     """A TLS context cannot be built from the given certificates or key."""
+
+
+class TlsHookError(TlsError, ssl.SSLError):
+    """The ``ssl`` message callback that runs the SPIFFE check during the handshake is not
+    available, not installed or not effective: no context is built and no connection made
+    (an ``ssl.SSLError``, so servers drop the connection)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "SPIFFE check unavailable"
 
 
 def _pem_certs(certs: Iterable[x509.Certificate]) -> bytes:
@@ -119,6 +141,7 @@ def server_context(
     ctx = _base(ssl.PROTOCOL_TLS_SERVER)
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_certificate else ssl.CERT_OPTIONAL
     ctx.options |= ssl.OP_NO_TICKET
+    ctx.num_tickets = 0  # TLS 1.3 sends tickets despite OP_NO_TICKET
     load_identity(ctx, chain, key)
     add_trust_anchors(ctx, roots)
     return ctx
@@ -225,6 +248,15 @@ _verified_lock = threading.Lock()
 _HANDSHAKE = 22
 _CERTIFICATE = 11
 _FINISHED = 20
+_COMPRESSED_CERTIFICATE = 25  # RFC 8879
+
+# Certificate compression (OpenSSL 3.2+) would replace the peer's Certificate message by a
+# CompressedCertificate, which the check does not read: it is turned off where ``ssl`` has
+# the options, and a CompressedCertificate is refused anyway.
+_NO_CERTIFICATE_COMPRESSION = (
+    "OP_NO_TX_CERTIFICATE_COMPRESSION",
+    "OP_NO_RX_CERTIFICATE_COMPRESSION",
+)
 
 
 def _u24(data: bytes, pos: int) -> int:
@@ -295,6 +327,181 @@ def peer_spiffe_id(connection: Any) -> SpiffeId | None:
         return _verified_peers.get(ssl_object)
 
 
+# --- the message-callback hook: present, installed, effective ------------------------------
+
+
+def _hook_descriptors() -> tuple[Any, Any]:
+    """CPython's ``SSLContext._msg_callback`` property and the C-level slot it stores the
+    callback in; :class:`TlsHookError` when this Python does not have them."""
+    prop = inspect.getattr_static(ssl.SSLContext, "_msg_callback", None)
+    slot = next(
+        (
+            attr
+            for klass in ssl.SSLContext.__mro__[1:]
+            if isinstance(attr := vars(klass).get("_msg_callback"), types.GetSetDescriptorType)
+        ),
+        None,
+    )
+    if not isinstance(prop, property) or slot is None:
+        raise TlsHookError(
+            "this Python's ssl module has no usable SSLContext._msg_callback hook (CPython's "
+            "property over the C-level message callback); SpiffeTls cannot verify peers "
+            "during the handshake and refuses to build a context"
+        )
+    return prop, slot
+
+
+def _hook_in_place(ctx: ssl.SSLContext, hook: Callable[..., None]) -> bool:
+    """True when OpenSSL's message callback of ``ctx`` ends in ``hook``."""
+    try:
+        prop, slot = _hook_descriptors()
+        inner = slot.__get__(ctx, type(ctx))
+        return bool(
+            prop.__get__(ctx, type(ctx)) is hook
+            and (inner is hook or getattr(inner, "user_function", None) is hook)
+        )
+    except Exception:
+        return False
+
+
+class _SpiffeContext(ssl.SSLContext):
+    """A context of :class:`SpiffeTls`: its message callback cannot be replaced, every new
+    connection checks that it is still in place, and a client context's identity is reloaded
+    under a lock that new connections also take (OpenSSL copies the certificate and key into
+    a connection when it is created, so it never sees a new certificate without its key)."""
+
+    _spiffe_hook: Callable[..., None] | None = None
+    _reload_lock: threading.Lock
+
+    @property
+    def _msg_callback(self) -> Any:
+        return _hook_descriptors()[0].__get__(self, type(self))
+
+    @_msg_callback.setter
+    def _msg_callback(self, callback: Any) -> None:
+        if self._spiffe_hook is not None:
+            raise TlsHookError("the SPIFFE check of a SpiffeTls context cannot be replaced")
+        _hook_descriptors()[0].__set__(self, callback)
+
+    def _install(self, hook: Callable[..., None]) -> None:
+        self._reload_lock = threading.Lock()
+        _hook_descriptors()[0].__set__(self, hook)
+        if not _hook_in_place(self, hook):
+            raise TlsHookError(
+                "the ssl message callback did not take the SPIFFE check (SSLContext."
+                "_msg_callback is not CPython's hook); refusing to build a context"
+            )
+        self._spiffe_hook = hook
+
+    def _checked(self) -> None:
+        hook = self._spiffe_hook
+        if hook is None or not _hook_in_place(self, hook):
+            raise TlsHookError("the SPIFFE check is not installed on this context")
+
+    def _wrap_socket(self, *args: Any, **kwargs: Any) -> Any:
+        self._checked()
+        with self._reload_lock:
+            return super()._wrap_socket(*args, **kwargs)  # type: ignore[misc]
+
+    def _wrap_bio(self, *args: Any, **kwargs: Any) -> Any:
+        self._checked()
+        with self._reload_lock:
+            return super()._wrap_bio(*args, **kwargs)  # type: ignore[misc]
+
+
+class _SelfTest:
+    """A handshake in memory, once per process, proving that a refused peer fails it."""
+
+    lock = threading.RLock()
+    passed = False
+    running = False
+
+
+def _memory_handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> list[BaseException]:
+    """Run a handshake between ``client`` and ``server`` over memory BIOs; the exceptions
+    each side raised (client's first)."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    sides = [client.wrap_bio(c_in, c_out), server.wrap_bio(s_in, s_out, server_side=True)]
+    done = [False, False]
+    errors: list[BaseException] = []
+    for _round in range(20):
+        for i, side in enumerate(sides):
+            if done[i]:
+                continue
+            try:
+                side.do_handshake()
+                done[i] = True
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLError, OSError) as exc:
+                errors.append(exc)
+                done[i] = True
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done) and not c_out.pending and not s_out.pending:
+            break
+    return errors
+
+
+def _ensure_hook_works() -> None:
+    """Prove once that the hook refuses peers (:class:`TlsHookError` otherwise)."""
+    if _SelfTest.passed:
+        return
+    with _SelfTest.lock:
+        if _SelfTest.passed or _SelfTest.running:  # running: building its own contexts
+            return
+        _SelfTest.running = True
+        try:
+            _self_test()
+        finally:
+            _SelfTest.running = False
+        _SelfTest.passed = True
+
+
+def _refuse_all(peer_id: SpiffeId, chains: Sequence[Sequence[x509.Certificate]]) -> None:
+    raise AuthorizationError(f"{peer_id}: the self-test refuses every peer")
+
+
+def _self_test() -> None:
+    td = TrustDomain("spiffed-self-test.invalid")
+    ca_key, key = generate_key(), generate_key()
+    ca = create_root_ca(td, ca_key)
+    leaf = create_x509_svid(
+        SpiffeId.from_path(td, "/peer"), key.public_key(), signer_cert=ca, signer_key=ca_key
+    )
+    svid = X509Svid.from_certificates([leaf], key)
+    refusing = SpiffeTls(StaticSource.of(svid, X509Bundle(td, (ca,))), _refuse_all)
+    plain_server = server_context([leaf], key, [ca], require_client_certificate=True)
+    plain_client = client_context([ca], [leaf], key)
+    for role, client, server in (
+        ("server", plain_client, refusing.server_context()),
+        ("client", refusing.client_context(), plain_server),
+    ):
+        errors = _memory_handshake(client, server)
+        if not any(isinstance(e, PeerRejectedError) for e in errors):
+            raise TlsHookError(
+                f"self-test failed: a {role} context of SpiffeTls completed a handshake with a "
+                f"peer its check refuses ({errors or 'no error'}); the ssl message callback "
+                "does not fail handshakes on this Python, so no context is built"
+            )
+
+
+def guard_grpclib_server(server: Server) -> None:
+    """Make a grpclib ``server`` refuse every request (UNAUTHENTICATED) whose connection has
+    no peer verified and authorized by a :class:`SpiffeTls` handshake: a second line of
+    defence after the handshake check, as :meth:`SpiffeTls.start_server` has. Call it before
+    ``server.start(..., ssl=tls.server_context())``."""
+
+    async def refuse_unverified(event: RecvRequest) -> None:
+        if peer_spiffe_id(event.peer) is None:
+            raise GRPCError(
+                Status.UNAUTHENTICATED,
+                "the client's X509-SVID was not verified during the TLS handshake",
+            )
+
+    listen(server, RecvRequest, refuse_unverified)
+
+
 class SpiffeTls:
     """SPIFFE mTLS contexts from an X509-SVID source, with an authorizer.
 
@@ -327,10 +534,11 @@ class SpiffeTls:
         self._lock = threading.Lock()
         self._state: tuple[X509Svid, Mapping[TrustDomain, X509Bundle]] | None = None
         self._server_ctx: ssl.SSLContext | None = None
-        self._clients: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
+        self._clients: weakref.WeakSet[_SpiffeContext] = weakref.WeakSet()
         self._client_roots: set[x509.Certificate] = set()
         self._unsubscribe: Callable[[], None] | None = None
         self._helper_client: ssl.SSLContext | None = None
+        self._hook = self._on_message  # one bound method, compared by identity
         subscribe = getattr(source, "subscribe", None)
         if callable(subscribe):
             self._unsubscribe = subscribe(lambda _source: self.refresh())
@@ -381,6 +589,14 @@ class SpiffeTls:
         """
         if direction != "read" or content_type != _HANDSHAKE:
             return
+        if msg_type == _COMPRESSED_CERTIFICATE:
+            refusal = PeerRejectedError(
+                "the peer sent a CompressedCertificate (RFC 8879); certificate compression is "
+                "not accepted, the peer's certificates must come in a plain Certificate"
+            )
+            with _verified_lock:
+                _refusals[conn] = refusal
+            raise refusal
         if msg_type == _CERTIFICATE:
             try:
                 chain = parse_certificate_message(data, version == ssl.TLSVersion.TLSv1_3)
@@ -412,18 +628,26 @@ class SpiffeTls:
     def _current(self) -> tuple[X509Svid, Mapping[TrustDomain, X509Bundle]]:
         return self._source.get_x509_svid(), self._source.get_x509_bundles()
 
-    def _build(self, protocol: int) -> ssl.SSLContext:
+    def _build(self, protocol: int) -> _SpiffeContext:
+        _hook_descriptors()  # a clear error first when this Python has no hook
+        _ensure_hook_works()
         svid, bundles = self._current()
-        ctx = ssl.SSLContext(protocol)
+        ctx = _SpiffeContext(protocol)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.options |= ssl.OP_NO_TICKET
+        for name in _NO_CERTIFICATE_COMPRESSION:
+            option = getattr(ssl, name, None)
+            if option is not None:
+                ctx.options |= option
+        if protocol == ssl.PROTOCOL_TLS_SERVER:
+            ctx.num_tickets = 0  # TLS 1.3 sends tickets despite OP_NO_TICKET
         if self._alpn:
             ctx.set_alpn_protocols(list(self._alpn))
         load_identity(ctx, svid.cert_chain, svid.private_key)
         add_trust_anchors(ctx, _roots(bundles))
-        ctx._msg_callback = self._on_message  # type: ignore[attr-defined]
+        ctx._install(self._hook)
         return ctx
 
     def _server_for_now(self) -> ssl.SSLContext:
@@ -439,10 +663,20 @@ class SpiffeTls:
                 self._state = (svid, bundles)
             return self._server_ctx
 
-    def _select(self, ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
-        current = self._server_for_now()
-        if current is not ctx:
-            ssl_object.context = current
+    def _select(self, ssl_object: Any, server_name: str | None, ctx: ssl.SSLContext) -> int | None:
+        # OpenSSL calls the message callback when the connection's first context (``ctx``)
+        # had one, and ssl then runs the callback of the connection's current context: both
+        # must be ours, or the handshake is stopped here.
+        try:
+            current = self._server_for_now()
+            if not (_hook_in_place(ctx, self._hook) and _hook_in_place(current, self._hook)):
+                raise TlsHookError("the SPIFFE check is not installed on the server context")
+            if current is not ctx:
+                ssl_object.context = current
+        except Exception as exc:
+            log.exception("TLS handshake refused: no SPIFFE check", error=str(exc))
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+        return None
 
     def server_context(self) -> ssl.SSLContext:
         """A server context: each new connection presents the source's current SVID and
@@ -473,8 +707,9 @@ class SpiffeTls:
             roots = [r for r in _roots(bundles) if r not in self._client_roots]
             self._client_roots |= set(roots)
             for ctx in list(self._clients):
-                load_identity(ctx, svid.cert_chain, svid.private_key)
-                add_trust_anchors(ctx, roots)
+                with ctx._reload_lock:  # new connections wait: never a certificate without its key
+                    load_identity(ctx, svid.cert_chain, svid.private_key)
+                    add_trust_anchors(ctx, roots)
 
     # --- helpers for asyncio ---------------------------------------------------------------
 
