@@ -517,6 +517,11 @@ class SpiffeTls:
       contexts are reloaded in place when the source announces an update (``subscribe``).
 
     ``alpn_protocols`` is set on every context (``("h2",)`` for gRPC).
+
+    The check relies on CPython's ``SSLContext._msg_callback``: building a context raises
+    :class:`TlsHookError` when that hook is missing or does not take, or when a one-time
+    in-memory handshake shows that a refused peer does not fail the handshake. The
+    contexts refuse a replacement of the callback and new connections once it is gone.
     """
 
     def __init__(
