@@ -12,6 +12,11 @@ would attest the wrong process. So, before attesting:
 and after attesting, the pidfd must still show the process alive, so that every read of
 ``/proc/<pid>`` in between was about the same process (a PID is not reused while its process
 lives). Start times have clock-tick (10 ms) resolution; the pidfd check covers the rest.
+
+The Workload API pins the caller once, when it accepts the connection (as SPIRE's peer
+tracker does in its ``Accept``), and keeps the pin for the connection's life: every call on
+the connection is attested as that process, and refused once it has exited
+(:meth:`TrackedPeer.verify`), whoever holds the connection or the PID by then.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ class TrackedPeer:
 
     pid: int
     pidfd: int
+    start_time: float = 0.0  #: the process's start, seconds since boot (clock ticks)
+    proc_root: str = "/proc"
 
     def alive(self) -> bool:
         """True while the pinned process has not exited (a zombie counts as exited)."""
@@ -63,6 +70,14 @@ class TrackedPeer:
         """Raise PeerGoneError if the process exited since it was pinned."""
         if not self.alive():
             raise PeerGoneError(f"process {self.pid} exited during attestation")
+
+    def verify(self) -> None:
+        """Raise PeerGoneError unless the pinned process is alive and ``/proc/<pid>`` is
+        still that process (same start time)."""
+        if not self.alive():
+            raise PeerGoneError(f"process {self.pid} exited before it could be attested")
+        if _start_time(self.pid, Path(self.proc_root)) != self.start_time:
+            raise PeerGoneError(f"process {self.pid} is not the caller any more: PID reused")
 
     def close(self) -> None:
         """Release the pidfd."""
@@ -85,9 +100,10 @@ def track_peer(pid: int, call_arrived_at: float, *, proc_root: str = "/proc") ->
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         raise PeerGoneError(f"process {pid} exited before it could be attested") from None
-    peer = TrackedPeer(pid, pidfd)
+    peer = TrackedPeer(pid, pidfd, proc_root=proc_root)
     try:
         started = _start_time(pid, Path(proc_root))
+        peer.start_time = started
         if started > call_arrived_at:
             raise PeerGoneError(
                 f"process {pid} started after the call arrived: the caller exited and its "

@@ -165,7 +165,7 @@ async def serve(
 
     Raises :class:`AgentRunError` when it cannot start or must stop (attestation refused,
     evicted join-token agent, banned agent, socket in use by something else)."""
-    from spiffed.agent.endpoints.server import start_workload_api
+    from spiffed.agent.endpoints.server import start_workload_api, stop_workload_api
     from spiffed.agent.endpoints.workload import WorkloadApiService
 
     log = structlog.get_logger("spiffed.agent")
@@ -226,8 +226,8 @@ async def serve(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await syncing
             log.info("Stopping Workload API")
-            server.close()
-            await server.wait_closed()
+            if not await stop_workload_api(server):
+                log.warning("Workload API calls or connections were aborted on stop")
             with contextlib.suppress(OSError):
                 config.socket_path.unlink(missing_ok=True)
     finally:

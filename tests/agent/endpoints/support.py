@@ -22,7 +22,7 @@ from h2.exceptions import StreamClosedError
 
 from spiffed._proto.workload import workload_grpc, workload_pb2
 from spiffed.agent.cache import IdentityCache, WorkloadEntry
-from spiffed.agent.endpoints import WorkloadApiService, start_workload_api
+from spiffed.agent.endpoints import WorkloadApiService, start_workload_api, stop_workload_api
 from spiffed.agent.workloadattestor import WorkloadAttestor
 from spiffed.agent.workloadattestor.unix import UnixAttestor
 from spiffed.bundle import SpiffeBundle
@@ -174,6 +174,7 @@ async def running_agent(
     jwt_cache_size: int = 1000,
     clock: Callable[[], float] | None = None,
     socket_mode: int = 0o777,
+    **limits: Any,
 ) -> AsyncIterator[Agent]:
     """Start a Workload API on ``socket_path`` with the unix attestor (unless replaced)."""
     ca, fed = Authority(TD), Authority(FED)
@@ -181,7 +182,11 @@ async def running_agent(
     if ready:
         cache.set_bundles(ca.bundle(), {})
     minter = Minter(ca)
-    kwargs: dict[str, Any] = {"rate_limiter": rate_limiter, "jwt_cache_size": jwt_cache_size}
+    kwargs: dict[str, Any] = {
+        "rate_limiter": rate_limiter,
+        "jwt_cache_size": jwt_cache_size,
+        **limits,
+    }
     if clock is not None:
         kwargs["clock"] = clock
     service = WorkloadApiService(
@@ -191,8 +196,7 @@ async def running_agent(
     try:
         yield Agent(cache, ca, fed, minter, service, server, socket_path)
     finally:
-        server.close()
-        await server.wait_closed()
+        await stop_workload_api(server)
 
 
 class X509Stream:

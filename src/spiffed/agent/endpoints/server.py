@@ -36,12 +36,12 @@ from grpclib.server import Server, Stream
 from spiffed._proto.workload import workload_pb2
 from spiffed._proto.workload.workload_grpc import SpiffeWorkloadAPIBase
 from spiffed.agent.endpoints.workload import WorkloadApiService
-from spiffed.grpcutil import start_unix_server
+from spiffed.grpcutil import STOP_GRACE, start_unix_server, stop_server
 from spiffed.workloadapi.address import UnixAddress
 from spiffed.workloadapi.client import WorkloadApiClient, WorkloadApiError
 from spiffed.workloadapi.security import require_security_header
 
-__all__ = ["WorkloadHealth", "reflection_pool", "start_workload_api"]
+__all__ = ["WorkloadHealth", "reflection_pool", "start_workload_api", "stop_workload_api"]
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,10 @@ async def start_workload_api(
     """Serve ``service`` on ``socket_path`` and return the running grpclib server.
 
     The socket is world-connectable by default (as SPIRE's): callers are told apart by the
-    kernel (SO_PEERCRED), not by who may open the socket. Stop it with ``server.close()``
-    then ``await server.wait_closed()``; open streams are cancelled. With ``reflection``
+    kernel (SO_PEERCRED), read and pinned when a connection is accepted, not by who may open
+    the socket. Stop it with :func:`stop_workload_api` (not grpclib's ``close()`` and
+    ``wait_closed()`` alone: since Python 3.12 that waits for every client to hang up).
+    With ``reflection``
     the gRPC reflection service lists ``SpiffeWorkloadAPI`` (§6.2 row 9); with ``health``
     the socket serves ``grpc.health.v1.Health`` (:class:`WorkloadHealth`).
     """
@@ -164,5 +166,13 @@ async def start_workload_api(
     server = Server(services)
     server._mapping = _Methods(server._mapping)  # grpclib looks methods up with .get()
     require_security_header(server)
+    service.connections.install(server)
     await start_unix_server(server, socket_path, dir_mode=dir_mode, socket_mode=socket_mode)
     return server
+
+
+async def stop_workload_api(server: Server, *, grace: float = STOP_GRACE) -> bool:
+    """Stop a server from :func:`start_workload_api`: no new connections, open calls and
+    streams cancelled (clients see their stream end), every connection closed within
+    ``grace`` seconds (aborted if need be). True when all ended cleanly within ``grace``."""
+    return await stop_server(server, grace=grace)

@@ -1,10 +1,20 @@
 """The SPIFFE Workload API service (SPIFFE_Workload_API.md, ``SpiffeWorkloadAPI``).
 
-Every call starts by attesting the caller: the kernel's SO_PEERCRED gives its PID and UID,
-the PID is pinned with a pidfd while the workload attestors read ``/proc`` (so a PID reused
-meanwhile is caught), and the resulting selectors pick the entries from the agent's
+The caller is the process that opened the connection. When the connection is accepted,
+the kernel's SO_PEERCRED gives its PID and UID and the PID is pinned with a pidfd, its start
+time recorded (as SPIRE's peer tracker does in ``Accept``). Every call on the connection
+then attests that process: it must still be alive and the same process (start time
+unchanged) before and after the workload attestors read ``/proc``; once it has exited,
+calls on its connection are refused (UNAVAILABLE), whoever holds the connection or its PID
+now. The resulting selectors pick the entries from the agent's
 :class:`~spiffed.agent.cache.IdentityCache`. Nothing the request or its metadata says about
 the caller is ever used.
+
+Limits (constructor arguments): at most ``max_connections`` open connections (more are
+closed at once), ``max_calls_per_uid`` calls or streams open at once per caller UID (more
+-> RESOURCE_EXHAUSTED), ``first_message_timeout`` seconds for a call's request message
+(DEADLINE_EXCEEDED), and at most ``jwt_cache_per_identity`` cached JWT-SVIDs per SPIFFE
+ID, so that one workload asking for many audiences cannot evict the others' tokens.
 
 Status codes (WE-15): caller not attestable or cache not ready -> UNAVAILABLE; no entry for
 the caller -> PERMISSION_DENIED; malformed request -> INVALID_ARGUMENT; a rejected token
@@ -17,10 +27,12 @@ state for the caller changes (WA-06, WA-07), compared with the last message sent
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -32,22 +44,44 @@ from grpclib.server import Stream
 from spiffed._proto.workload import workload_pb2 as pb
 from spiffed._proto.workload.workload_grpc import SpiffeWorkloadAPIBase
 from spiffed.agent.cache import IdentityCache, WorkloadEntry
-from spiffed.agent.peertracker import PeerGoneError, boot_time_now, track_peer
+from spiffed.agent.peertracker import PeerGoneError, TrackedPeer, boot_time_now, track_peer
 from spiffed.agent.workloadattestor import WorkloadAttestationError, WorkloadAttestor
 from spiffed.bundle import SpiffeBundle
 from spiffed.bundle.jwt import JwtBundle
-from spiffed.grpcutil import GrpcUtilError, peer_credentials
+from spiffed.grpcutil import (
+    ConnectionTracker,
+    GrpcUtilError,
+    PeerCredentials,
+    transport_peer_credentials,
+)
 from spiffed.ratelimit import KeyedRateLimiter
 from spiffed.selector import Selector
 from spiffed.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 from spiffed.svid.jwt import JwtSvid, JwtSvidError
 
-__all__ = ["MAX_HINT_BYTES", "JwtMinter", "WorkloadApiService"]
+__all__ = [
+    "DEFAULT_FIRST_MESSAGE_TIMEOUT",
+    "DEFAULT_JWT_CACHE_PER_IDENTITY",
+    "DEFAULT_MAX_CALLS_PER_UID",
+    "DEFAULT_MAX_CONNECTIONS",
+    "MAX_HINT_BYTES",
+    "JwtMinter",
+    "WorkloadApiService",
+]
 
 log = logging.getLogger(__name__)
 
 #: Hints longer than this are not served (WA-71).
 MAX_HINT_BYTES = 1024
+
+#: Calls (streams included) one caller UID may have open at once.
+DEFAULT_MAX_CALLS_PER_UID = 100
+#: Connections the Workload API keeps open at once.
+DEFAULT_MAX_CONNECTIONS = 4096
+#: Seconds a call waits for its request message.
+DEFAULT_FIRST_MESSAGE_TIMEOUT = 10.0
+#: Cached JWT-SVIDs per SPIFFE ID (audience sets); the oldest of that ID's goes first.
+DEFAULT_JWT_CACHE_PER_IDENTITY = 100
 
 #: Mints a JWT-SVID for an entry and an audience set; returns the compact token.
 JwtMinter = Callable[[WorkloadEntry, tuple[str, ...]], Awaitable[str]]
@@ -109,19 +143,32 @@ class _CachedJwt:
 
 
 class _JwtCache:
-    """Tokens by (SPIFFE ID, audience set), reused until half their lifetime has passed."""
+    """Tokens by (SPIFFE ID, audience set), reused until half their lifetime has passed.
 
-    def __init__(self, max_size: int, clock: Callable[[], float]) -> None:
+    At most ``per_identity`` tokens per SPIFFE ID: a new one evicts that ID's least recently
+    used token, never another identity's (then at most ``max_size`` in all, LRU)."""
+
+    def __init__(self, max_size: int, clock: Callable[[], float], per_identity: int) -> None:
         self._max = max_size
+        self._per_id = min(per_identity, max_size)
         self._clock = clock
         self._items: OrderedDict[tuple[SpiffeId, frozenset[str]], _CachedJwt] = OrderedDict()
+        self._count: dict[SpiffeId, int] = {}
+
+    def _drop(self, key: tuple[SpiffeId, frozenset[str]]) -> None:
+        del self._items[key]
+        left = self._count[key[0]] - 1
+        if left:
+            self._count[key[0]] = left
+        else:
+            del self._count[key[0]]
 
     def get(self, key: tuple[SpiffeId, frozenset[str]]) -> str | None:
         item = self._items.get(key)
         if item is None:
             return None
         if self._clock() >= item.refresh_at:
-            del self._items[key]
+            self._drop(key)
             return None
         self._items.move_to_end(key)
         return item.token
@@ -129,13 +176,30 @@ class _JwtCache:
     def put(self, key: tuple[SpiffeId, frozenset[str]], svid: JwtSvid) -> None:
         expiry = svid.expiry.timestamp()
         issued = svid.issued_at.timestamp() if svid.issued_at is not None else self._clock()
+        if key in self._items:
+            self._drop(key)
+        elif self._count.get(key[0], 0) >= self._per_id:
+            self._drop(next(k for k in self._items if k[0] == key[0]))
         self._items[key] = _CachedJwt(svid.token, issued + (expiry - issued) / 2)
-        self._items.move_to_end(key)
+        self._count[key[0]] = self._count.get(key[0], 0) + 1
         while len(self._items) > self._max:
-            self._items.popitem(last=False)
+            self._drop(next(iter(self._items)))
+
+    def count(self, spiffe_id: SpiffeId) -> int:
+        """Tokens cached for ``spiffe_id``."""
+        return self._count.get(spiffe_id, 0)
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+@dataclass(slots=True)
+class _Connection:
+    """A connection's caller, identified and pinned when it was accepted."""
+
+    creds: PeerCredentials | None
+    peer: TrackedPeer | None
+    error: str = ""
 
 
 class WorkloadApiService(SpiffeWorkloadAPIBase):
@@ -145,8 +209,11 @@ class WorkloadApiService(SpiffeWorkloadAPIBase):
     ``attestors`` turn the caller's PID into selectors (their selectors are unioned);
     ``jwt_minter`` signs JWT-SVIDs (the agent passes one that asks the server). Tokens are
     cached per (SPIFFE ID, audience set) until half their lifetime, at most
-    ``jwt_cache_size`` of them. ``rate_limiter`` is keyed by the caller's UID; each call
-    and each stream opening costs one token.
+    ``jwt_cache_size`` of them and ``jwt_cache_per_identity`` per SPIFFE ID.
+    ``rate_limiter`` is keyed by the caller's UID; each call and each stream opening costs
+    one token. ``max_calls_per_uid``, ``max_connections`` and ``first_message_timeout``
+    bound what one caller can hold (see the module's docstring). :attr:`connections` must be
+    installed on the server that serves it (``start_workload_api`` does).
     """
 
     def __init__(
@@ -157,41 +224,113 @@ class WorkloadApiService(SpiffeWorkloadAPIBase):
         *,
         rate_limiter: KeyedRateLimiter | None = None,
         jwt_cache_size: int = 1000,
+        jwt_cache_per_identity: int = DEFAULT_JWT_CACHE_PER_IDENTITY,
+        max_calls_per_uid: int = DEFAULT_MAX_CALLS_PER_UID,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if jwt_cache_size < 1:
-            raise ValueError("jwt_cache_size must be at least 1")
+        for name, value in (
+            ("jwt_cache_size", jwt_cache_size),
+            ("jwt_cache_per_identity", jwt_cache_per_identity),
+            ("max_calls_per_uid", max_calls_per_uid),
+            ("max_connections", max_connections),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not first_message_timeout > 0:
+            raise ValueError("first_message_timeout must be positive")
         self._cache = cache
         self._attestors = tuple(attestors)
         self._mint = jwt_minter
         self._limiter = rate_limiter if rate_limiter is not None else KeyedRateLimiter(50, 100)
-        self._jwts = _JwtCache(jwt_cache_size, clock)
+        self._jwts = _JwtCache(jwt_cache_size, clock, jwt_cache_per_identity)
+        self._max_calls = max_calls_per_uid
+        self._first_message_timeout = first_message_timeout
+        self._calls: dict[int, int] = {}
+        #: The server's connections, each with its caller pinned at accept time.
+        self.connections: ConnectionTracker[_Connection] = ConnectionTracker(
+            on_accept=self._accepted, on_close=self._closed, max_connections=max_connections
+        )
 
     # --- caller --------------------------------------------------------------------------
 
-    async def _caller(self, stream: Stream[Any, Any]) -> frozenset[Selector]:
-        """Attest the caller from the kernel's view of the socket; never from the request."""
-        arrived = boot_time_now()
+    def _accepted(self, transport: asyncio.BaseTransport) -> _Connection:
+        """Identify and pin the process that opened a new connection (at accept time)."""
+        accepted = boot_time_now()
         try:
-            creds = peer_credentials(stream)
+            creds = transport_peer_credentials(transport)
         except (GrpcUtilError, OSError) as exc:
-            _deny(Status.UNAVAILABLE, f"cannot identify the caller: {exc}")
-        if not self._limiter.allow(creds.uid):
-            _deny(Status.UNAVAILABLE, f"rate limit exceeded for uid {creds.uid}; retry later")
+            return _Connection(None, None, f"cannot identify the caller: {exc}")
+        try:
+            peer = track_peer(creds.pid, accepted)
+        except PeerGoneError as exc:
+            return _Connection(creds, None, str(exc))
+        except OSError as exc:
+            return _Connection(creds, None, f"cannot watch process {creds.pid}: {exc}")
+        return _Connection(creds, peer)
+
+    @staticmethod
+    def _closed(conn: _Connection) -> None:
+        if conn.peer is not None:
+            conn.peer.close()
+
+    @asynccontextmanager
+    async def _caller(self, stream: Stream[Any, Any]) -> AsyncIterator[frozenset[Selector]]:
+        """Attest the process that opened the connection; never anything the request says.
+
+        Holds one of the caller UID's call slots until the call ends."""
+        conn = self.connections.state(stream)
+        if conn is None:
+            _deny(Status.UNAVAILABLE, "cannot identify the caller: connection not tracked")
+        if conn.creds is None or conn.peer is None:
+            _deny(Status.UNAVAILABLE, f"workload attestation failed: {conn.error}")
+        uid = conn.creds.uid
+        if not self._limiter.allow(uid):
+            _deny(Status.UNAVAILABLE, f"rate limit exceeded for uid {uid}; retry later")
+        open_calls = self._calls.get(uid, 0)
+        if open_calls >= self._max_calls:
+            _deny(
+                Status.RESOURCE_EXHAUSTED,
+                f"too many Workload API calls open for uid {uid} (limit {self._max_calls}); "
+                "close some streams",
+            )
+        self._calls[uid] = open_calls + 1
+        try:
+            yield await self._attest(conn.peer)
+        finally:
+            left = self._calls[uid] - 1
+            if left:
+                self._calls[uid] = left
+            else:
+                del self._calls[uid]
+
+    async def _attest(self, peer: TrackedPeer) -> frozenset[Selector]:
         selectors: set[Selector] = set()
         try:
-            with track_peer(creds.pid, arrived) as peer:
-                for attestor in self._attestors:
-                    selectors.update(await attestor.attest(creds.pid))
-                peer.check()
+            peer.verify()
+            for attestor in self._attestors:
+                selectors.update(await attestor.attest(peer.pid))
+            peer.verify()
         except (PeerGoneError, WorkloadAttestationError) as exc:
             _deny(Status.UNAVAILABLE, f"workload attestation failed: {exc}")
         except Exception:
-            log.exception("workload attestation of pid %d failed", creds.pid)
+            log.exception("workload attestation of pid %d failed", peer.pid)
             _deny(Status.UNAVAILABLE, "workload attestation failed")
         if not self._cache.ready:
             _deny(Status.UNAVAILABLE, "agent is not ready yet: no trust bundle")
         return frozenset(selectors)
+
+    async def _request(self, stream: Stream[_Req, Any]) -> _Req | None:
+        """The call's request message, if it comes within ``first_message_timeout``."""
+        try:
+            async with asyncio.timeout(self._first_message_timeout):
+                return await stream.recv_message()
+        except TimeoutError:
+            _deny(
+                Status.DEADLINE_EXCEEDED,
+                f"no request message within {self._first_message_timeout:g} s",
+            )
 
     def _entries(self, selectors: frozenset[Selector]) -> list[WorkloadEntry]:
         entries = self._cache.entries_for(selectors)
@@ -268,16 +407,16 @@ class WorkloadApiService(SpiffeWorkloadAPIBase):
         build: Callable[[frozenset[Selector]], _Resp | None],
     ) -> None:
         """Send the state now and after every change that alters it, until the client leaves."""
-        selectors = await self._caller(stream)
-        await stream.recv_message()
-        with self._cache.subscribe(selectors) as changes:
-            last: _Resp | None = None
-            while True:
-                current = build(selectors)
-                if current is not None and current != last:
-                    await stream.send_message(current)
-                    last = current
-                await changes.__anext__()
+        async with self._caller(stream) as selectors:
+            await self._request(stream)
+            with self._cache.subscribe(selectors) as changes:
+                last: _Resp | None = None
+                while True:
+                    current = build(selectors)
+                    if current is not None and current != last:
+                        await stream.send_message(current)
+                        last = current
+                    await changes.__anext__()
 
     async def FetchX509SVID(self, stream: Stream[pb.X509SVIDRequest, pb.X509SVIDResponse]) -> None:
         """Stream the caller's X509-SVIDs (default first), own and federated bundles."""
@@ -299,8 +438,15 @@ class WorkloadApiService(SpiffeWorkloadAPIBase):
 
     async def FetchJWTSVID(self, stream: Stream[pb.JWTSVIDRequest, pb.JWTSVIDResponse]) -> None:
         """Mint (or reuse) a JWT-SVID per entitled identity, or for the one asked for."""
-        selectors = await self._caller(stream)
-        request = await stream.recv_message()
+        async with self._caller(stream) as selectors:
+            await self._fetch_jwt_svid(stream, selectors)
+
+    async def _fetch_jwt_svid(
+        self,
+        stream: Stream[pb.JWTSVIDRequest, pb.JWTSVIDResponse],
+        selectors: frozenset[Selector],
+    ) -> None:
+        request = await self._request(stream)
         if request is None:
             _deny(Status.INVALID_ARGUMENT, "request message missing")
         audience = tuple(dict.fromkeys(request.audience))
@@ -341,8 +487,15 @@ class WorkloadApiService(SpiffeWorkloadAPIBase):
         self, stream: Stream[pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse]
     ) -> None:
         """Validate a token against the own and the caller's federated JWT bundles."""
-        selectors = await self._caller(stream)
-        request = await stream.recv_message()
+        async with self._caller(stream) as selectors:
+            await self._validate_jwt_svid(stream, selectors)
+
+    async def _validate_jwt_svid(
+        self,
+        stream: Stream[pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse],
+        selectors: frozenset[Selector],
+    ) -> None:
+        request = await self._request(stream)
         if request is None:
             _deny(Status.INVALID_ARGUMENT, "request message missing")
         if not request.audience:
