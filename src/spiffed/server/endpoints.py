@@ -36,7 +36,13 @@ from spiffed import tls
 from spiffed._proto.spire.api.types import bundle_pb2, status_pb2
 from spiffed.bundle import X509Bundle
 from spiffed.grpcstatus import SpireStatusDetailsCodec
-from spiffed.grpcutil import GrpcUtilError, PeerCredentials, start_unix_server
+from spiffed.grpcutil import (
+    GrpcUtilError,
+    PeerCredentials,
+    start_unix_server,
+    stop_server,
+    track_connections,
+)
 from spiffed.server.api import POLICY, Caller, Role, allowed, caller_context
 from spiffed.server.context import ServerContext
 from spiffed.server.datastore import (
@@ -186,6 +192,7 @@ class Endpoints:
         )
         await start_unix_server(self._unix, self._socket_path, dir_mode=0o700, socket_mode=0o770)
         host, port = self._bind
+        track_connections(self._tcp)  # so that stop() can end the agents' connections
         try:
             await self._tcp.start(host, port, ssl=self._ssl, reuse_address=True)
         except OSError as exc:
@@ -200,15 +207,15 @@ class Endpoints:
                 break
 
     async def stop(self, *, grace: float = GRACEFUL_STOP_TIMEOUT) -> None:
-        """Stop accepting, give running calls ``grace`` seconds, remove the socket file."""
-        self._tcp.close()
-        self._unix.close()
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(self._tcp.wait_closed(), self._unix.wait_closed()), grace
-            )
-        except TimeoutError:
-            _log.warning("Calls still running after the graceful stop timeout", seconds=grace)
+        """Stop accepting, give running calls ``grace`` seconds, then close (or abort) the
+        remaining connections, remove the socket file. Since Python 3.12 a server's
+        ``wait_closed()`` waits for its clients, which grpclib leaves connected: an agent
+        holding a stream would otherwise keep the stop waiting."""
+        clean = await asyncio.gather(
+            stop_server(self._tcp, grace=grace), stop_server(self._unix, grace=grace)
+        )
+        if not all(clean):
+            _log.warning("Calls or connections aborted after the graceful stop", seconds=grace)
         with contextlib.suppress(FileNotFoundError):
             self._socket_path.unlink()
 
