@@ -255,6 +255,14 @@ class WorkloadApiService(SpiffeWorkloadAPIBase):
 
     # --- caller --------------------------------------------------------------------------
 
+    def open_calls(self, uid: int) -> int:
+        """Calls (streams included) the caller UID ``uid`` has open now."""
+        return self._calls.get(uid, 0)
+
+    def cached_jwts(self, spiffe_id: SpiffeId) -> int:
+        """JWT-SVIDs cached for ``spiffe_id``."""
+        return self._jwts.count(spiffe_id)
+
     def _accepted(self, transport: asyncio.BaseTransport) -> _Connection:
         """Identify and pin the process that opened a new connection (at accept time)."""
         accepted = boot_time_now()
