@@ -293,7 +293,14 @@ class Endpoints:
         if Role.ANY not in wanted:
             more, denial = await self._roles(spiffe_id, chain[0], wanted)
             roles |= more
-        caller = Caller(address=address, spiffe_id=spiffe_id, roles=frozenset(roles))
+        leaf = chain[0]
+        caller = Caller(
+            address=address,
+            spiffe_id=spiffe_id,
+            roles=frozenset(roles),
+            serial=str(leaf.serial_number),
+            not_after=leaf.not_valid_after_utc.timestamp(),
+        )
         return caller, denial
 
     async def _verify(self, chain: list[x509.Certificate]) -> SpiffeId | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from spiffed._proto.spire.api.server.entry.v1 import entry_pb2 as E
 from spiffed.agent.client import denied_reason
 from spiffed.grpcstatus import SpireStatusDetailsCodec
 from spiffed.keys import KeyType, PrivateKey
+from spiffed.server.api import Caller
 from spiffed.server.api.services import build_services
 from spiffed.server.api.watch import WatchService
 from spiffed.server.datastore import AttestedNode, DataStoreError, RegistrationEntry, Selector
@@ -106,6 +108,117 @@ async def test_watch_ends_when_agent_is_banned(api: Api, watch: watch_grpc.Watch
             await stream.recv_trailing_metadata()
         assert err.value.status is Status.PERMISSION_DENIED
         assert "banned" in (err.value.message or "")
+
+
+class WallClock:
+    def __init__(self) -> None:
+        self.now = 5_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Watching:
+    service: WatchService
+    stub: watch_grpc.WatchStub
+    holder: list[Caller]
+    clock: WallClock
+
+
+@pytest.fixture
+async def watching(api: Api) -> AsyncIterator[Watching]:
+    """The Watch service called with an agent SVID's serial ("1", the node's current one)
+    and expiry (an hour after the fake wall clock)."""
+    await api.ds.create_node(attested(AGENT))
+    await api.ctx.cache.refresh()  # type: ignore[union-attr]
+    clock = WallClock()
+    service = WatchService(api.ctx, max_streams_per_agent=2, clock=clock)
+    holder = [dataclasses.replace(agent_caller(), serial="1", not_after=clock.now + 3600)]
+    async with ChannelFor([AsCaller(service, holder)]) as channel:
+        yield Watching(service, watch_grpc.WatchStub(channel), holder, clock)
+
+
+async def _ended_with(stream: Any) -> GRPCError:
+    assert await asyncio.wait_for(stream.recv_message(), 5) is None
+    with pytest.raises(GRPCError) as err:
+        await stream.recv_trailing_metadata()
+    return err.value
+
+
+async def test_watch_ends_once_its_svid_is_superseded(api: Api, watching: Watching) -> None:
+    """The agent re-attested (or switched to its renewed SVID): a stream opened with the old
+    SVID (perhaps by whoever stole it) stops getting notifications."""
+    async with watching.stub.WatchAuthorizedEntries.open() as stream:
+        await stream.send_message(REQ, end=True)
+        assert await asyncio.wait_for(stream.recv_message(), 5) is not None
+        superseded = AttestedNode(AGENT, cert_serial_number="999")
+        await api.ds.update_node(superseded, ["cert_serial_number"])
+        err = await _ended_with(stream)
+    assert err.status is Status.PERMISSION_DENIED
+    assert err.message == (
+        f'agent "{AGENT}" SVID is no longer active: serial number "999" is current; '
+        'the stream has "1"'
+    )
+    assert watching.service.streams(SpiffeId.parse(AGENT)) == 0
+
+
+async def test_watch_ends_when_its_svid_expires(watching: Watching) -> None:
+    watching.holder[0] = dataclasses.replace(
+        watching.holder[0], not_after=watching.clock.now + 0.05
+    )
+    async with watching.stub.WatchAuthorizedEntries.open() as stream:
+        await stream.send_message(REQ, end=True)
+        assert await asyncio.wait_for(stream.recv_message(), 5) is not None
+        err = await _ended_with(stream)  # nothing changes: the SVID's expiry ends it
+    assert err.status is Status.PERMISSION_DENIED
+    assert err.message == f'agent "{AGENT}" SVID is expired'
+
+
+async def test_watch_with_an_expired_svid_gets_nothing(watching: Watching) -> None:
+    watching.holder[0] = dataclasses.replace(watching.holder[0], not_after=watching.clock.now)
+    async with watching.stub.WatchAuthorizedEntries.open() as stream:
+        await stream.send_message(REQ, end=True)
+        with pytest.raises(GRPCError) as err:
+            await asyncio.wait_for(stream.recv_message(), 5)
+    assert err.value.status is Status.PERMISSION_DENIED
+    assert watching.service.streams(SpiffeId.parse(AGENT)) == 0
+
+
+async def test_watch_streams_per_agent_are_capped(watching: Watching) -> None:
+    """An agent (or a thief of its SVID) opens stream after stream: past the cap, refused;
+    a stream that ends frees its place."""
+    agent = SpiffeId.parse(AGENT)
+    async with contextlib.AsyncExitStack() as stack:
+        streams = []
+        for n in (1, 2):
+            stream = await stack.enter_async_context(watching.stub.WatchAuthorizedEntries.open())
+            streams.append(stream)
+            await stream.send_message(REQ, end=True)
+            assert await asyncio.wait_for(stream.recv_message(), 5) is not None
+            assert watching.service.streams(agent) == n
+        with pytest.raises(GRPCError) as err:
+            async with watching.stub.WatchAuthorizedEntries.open() as third:
+                await third.send_message(REQ, end=True)
+                await asyncio.wait_for(third.recv_message(), 5)
+        assert err.value.status is Status.RESOURCE_EXHAUSTED
+        assert err.value.message == f'too many watch streams for agent "{AGENT}" (at most 2)'
+        await streams.pop().cancel()
+        await _wait_until(lambda: watching.service.streams(agent) == 1)
+        async with watching.stub.WatchAuthorizedEntries.open() as again:
+            await again.send_message(REQ, end=True)
+            assert await asyncio.wait_for(again.recv_message(), 5) is not None
+            await again.cancel()
+        for stream in streams:
+            await stream.cancel()
+
+
+async def _wait_until(condition: Any) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not condition():
+        assert loop.time() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.005)
 
 
 # ----- over the real TLS listener -------------------------------------------------------------
@@ -323,6 +436,30 @@ async def test_tls_datastore_failure_is_internal_as_spire(
         channel.close()
     assert err.value.status is Status.INTERNAL
     assert err.value.message == "unable to look up agent information: database is gone"
+
+
+async def test_tls_watch_opened_with_the_old_svid_ends_once_the_new_one_is_used(
+    listener: Listener,
+) -> None:
+    ds, cache = listener.api.ds, listener.api.ctx.cache
+    assert cache is not None
+    old_chain, old_key = listener.svid(AGENT)
+    new_chain, new_key = listener.svid(AGENT)
+    new_serial = str(new_chain[0].serial_number)
+    await ds.create_node(attested(AGENT, str(old_chain[0].serial_number), new_serial))
+    await cache.refresh()
+    channel = listener.channel(old_chain, old_key)
+    try:
+        async with watch_grpc.WatchStub(channel).WatchAuthorizedEntries.open() as stream:
+            await stream.send_message(REQ, end=True)
+            assert await asyncio.wait_for(stream.recv_message(), 5) is not None
+            # The agent switches to its renewed SVID: the old one is superseded.
+            assert await sync_status(listener, new_chain, new_key) is Status.OK
+            err = await _ended_with(stream)
+    finally:
+        channel.close()
+    assert err.status is Status.PERMISSION_DENIED
+    assert "no longer active" in (err.message or "")
 
 
 async def test_tls_unchanged_sync_round_reads_no_datastore(listener: Listener) -> None:

@@ -38,6 +38,10 @@ class Caller:
     address: str | None = None
     spiffe_id: SpiffeId | None = None
     roles: frozenset[Role] = frozenset({Role.ANY})
+    serial: str | None = None
+    """The serial number (decimal) of the client certificate (SVID) the call came with."""
+    not_after: float | None = None
+    """When that certificate expires (POSIX seconds)."""
 
     def has(self, role: Role) -> bool:
         """True if the caller has ``role``."""
