@@ -1,16 +1,28 @@
 """Unix-socket listeners and kernel-reported peer credentials."""
 
+import asyncio
+import contextlib
 import os
 import stat
 from pathlib import Path
 
 import pytest
 from grpclib.client import Channel
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.health.service import Health
 from grpclib.health.v1.health_grpc import HealthBase, HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.server import Server
 
-from spiffed.grpcutil import GrpcUtilError, is_unix_peer, peer_credentials, start_unix_server
+from spiffed.grpcutil import (
+    ConnectionTracker,
+    GrpcUtilError,
+    is_unix_peer,
+    peer_credentials,
+    start_unix_server,
+    stop_server,
+    track_connections,
+)
 
 
 class WhoAmI(HealthBase):
@@ -96,3 +108,82 @@ async def test_oversized_request_is_refused_before_it_is_buffered(tmp_path: Path
         channel.close()
         server.close()
         await server.wait_closed()
+
+
+async def _open_watch(channel: Channel):  # type: ignore[no-untyped-def]
+    """An open Health.Watch stream (it streams until the server ends it) and its first
+    answer."""
+    cm = HealthStub(channel).Watch.open(timeout=60)
+    stream = await cm.__aenter__()
+    await stream.send_message(HealthCheckRequest(), end=True)
+    assert await stream.recv_message() is not None
+    return cm, stream
+
+
+async def test_stop_server_ends_open_streams_on_tcp_and_unix(tmp_path: Path) -> None:
+    """grpclib's close() leaves connections open, and since Python 3.12 wait_closed() waits
+    for them: stop_server must end them (here a client holding a stream that never ends)."""
+    tcp, unix = Server([Health()]), Server([Health()])
+    tcp_tracker = track_connections(tcp)
+    await tcp.start("127.0.0.1", 0)
+    await start_unix_server(unix, tmp_path / "api.sock", dir_mode=0o700, socket_mode=0o600)
+    port = tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    unix_tracker = track_connections(unix)  # the one start_unix_server installed
+    channels = [Channel("127.0.0.1", port), Channel(path=str(tmp_path / "api.sock"))]
+    try:
+        streams = [await _open_watch(ch) for ch in channels]
+        assert len(tcp_tracker) == 1
+        assert len(unix_tracker) == 1
+        async with asyncio.timeout(30):  # only a hang exceeds it
+            await asyncio.gather(stop_server(tcp, grace=0.5), stop_server(unix, grace=0.5))
+        assert len(tcp_tracker) == 0
+        assert len(unix_tracker) == 0
+        for _, stream in streams:
+            with pytest.raises((GRPCError, StreamTerminatedError)):
+                async with asyncio.timeout(30):
+                    assert await stream.recv_message() is None
+                    await stream.recv_trailing_metadata()
+    finally:
+        for ch in channels:
+            ch.close()
+
+
+async def test_connection_tracker_keeps_state_per_connection_and_caps_them(
+    tmp_path: Path,
+) -> None:
+    made: list[object] = []
+    closed: list[object] = []
+
+    def on_accept(transport: asyncio.BaseTransport) -> object:
+        made.append(state := object())
+        return state
+
+    tracker = ConnectionTracker(on_accept=on_accept, on_close=closed.append, max_connections=1)
+    server = Server([Health()])
+    tracker.install(server)
+    path = tmp_path / "api.sock"
+    await start_unix_server(server, path, dir_mode=0o700, socket_mode=0o600)
+    assert track_connections(server) is tracker
+    try:
+        _, first = await asyncio.open_unix_connection(str(path))
+        await _until(lambda: len(tracker) == 1)
+        reader, second = await asyncio.open_unix_connection(str(path))
+        with contextlib.suppress(ConnectionError):
+            async with asyncio.timeout(10):
+                while await reader.read(65536):
+                    pass  # the second is closed at once
+        second.close()
+        assert tracker.refused == 1
+        assert len(made) == 1
+        first.close()
+        await _until(lambda: len(tracker) == 0)
+        assert closed == made
+    finally:
+        await stop_server(server, grace=0.5)
+
+
+async def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
