@@ -595,6 +595,43 @@ async def test_attestations_in_progress_are_capped(env: Env) -> None:
     assert service.attestations_in_progress == 0
 
 
+async def test_token_is_not_given_back_when_cancelled_after_the_node_is_stored(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call is cancelled (client gone, shutdown) just after the node was committed: the
+    token must stay consumed, or it would attest a second node (or the same one again)."""
+    await add_token(env, "once")
+    real = env.ds.create_node
+
+    async def create_then_cancelled(node: Any) -> Any:
+        await real(node)
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(env.ds, "create_node", create_then_cancelled)
+    service = AgentService(env.ctx)
+    token = caller_context.set(Caller(address=IP_A))
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await service.AttestAgent(StalledStream(attest_req("join_token", b"once")))  # type: ignore[arg-type]
+    finally:
+        caller_context.reset(token)
+    assert await env.ds.count_nodes() == 1
+    assert not await token_left(env, "once"), "the token that made the node is spent"
+
+
+async def test_expired_signing_ca_is_internal_as_spire_and_keeps_the_token(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_token(env, "late")
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
+    monkeypatch.setattr(env.ctx.ca, "_clock", lambda: later)
+    err = await refused(env, attest_req("join_token", b"late"))
+    assert err.status is Status.INTERNAL
+    assert err.message == "failed to sign X509 SVID: the signing CA has expired"
+    assert await env.ds.count_nodes() == 0
+    assert await token_left(env, "late")
+
+
 # --- RenewAgent and PostStatus -------------------------------------------------------------------
 
 
@@ -696,3 +733,17 @@ async def test_post_status_records_the_agent_version(env: Env) -> None:
     assert err.value.status is Status.INVALID_ARGUMENT
     assert err.value.message == "agent version is too long (max 255 characters)"
     assert (await env.ds.get_node(agent_id)).agent_version == "1.15.3"
+
+
+async def test_renew_with_an_expired_signing_ca_is_internal_as_spire(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent_id, _ = await _join(env, "renew-late")
+    env.as_agent(agent_id)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
+    monkeypatch.setattr(env.ctx.ca, "_clock", lambda: later)
+    with pytest.raises(GRPCError) as err:
+        await env.stub.RenewAgent(renew_req())
+    assert err.value.status is Status.INTERNAL
+    assert err.value.message == "failed to sign X509 SVID: the signing CA has expired"
+    assert (await env.ds.get_node(agent_id)).new_cert_serial_number == ""

@@ -212,6 +212,15 @@ def _filter(flt: Any) -> ds.NodeFilter:
     return ds.NodeFilter(**out)
 
 
+class _Progress:
+    """How far an admission got: ``writing`` once the node is being stored."""
+
+    __slots__ = ("writing",)
+
+    def __init__(self) -> None:
+        self.writing = False
+
+
 class AgentService(agent_grpc.AgentBase):
     """Attested agents and join tokens over the datastore."""
 
@@ -247,11 +256,11 @@ class AgentService(agent_grpc.AgentBase):
         return config.agent_ttl if config is not None else None
 
     def _sign(self, agent_id: SpiffeId, csr: x509.CertificateSigningRequest) -> Any:
+        # The CSR was checked before (INVALID_ARGUMENT then): as SPIRE, any failure to sign
+        # now (e.g. "the signing CA has expired") is the server's, INTERNAL.
         try:
             return self._ctx.ca.sign_x509_svid(agent_id, csr, ttl=self._agent_ttl)
         except ServerError as exc:
-            if exc.status is Status.INVALID_ARGUMENT:
-                raise
             raise ServerError(Status.INTERNAL, f"failed to sign X509 SVID: {exc.message}") from None
 
     @property
@@ -394,10 +403,15 @@ class AgentService(agent_grpc.AgentBase):
                     Status.DEADLINE_EXCEEDED,
                     f"attestation did not complete within {self._attest_deadline:g}s",
                 ) from None
+            progress = _Progress()
             try:
-                response = await self._admit(kind, result, csr)
-            except BaseException:
-                if result.undo is not None:
+                response = await self._admit(kind, result, csr, progress)
+            except ServerError:
+                # An explicit refusal before anything was stored (banned, signing busy, CSR
+                # the CA will not sign): the agent may retry with the same data (its join
+                # token). Not after a write began, nor on cancellation or an unexpected
+                # error: then the node may have been stored with this very token.
+                if not progress.writing and result.undo is not None:
                     try:
                         await result.undo()
                     except Exception as exc:  # the refusal below matters more
@@ -456,8 +470,10 @@ class AgentService(agent_grpc.AgentBase):
         kind: str,
         result: AttestResult,
         csr: x509.CertificateSigningRequest,
+        progress: _Progress,
     ) -> agent_pb2.AttestAgentResponse:
-        """After a successful attestation: check the node, sign and store it; the answer."""
+        """After a successful attestation: check the node, sign and store it; the answer.
+        ``progress.writing`` is set while the node is being stored."""
         agent_id = result.agent_id
         if agent_id.path == _SERVER_ID_PATH:
             raise ServerError(Status.INTERNAL, "agent ID cannot collide with the server ID")
@@ -491,6 +507,7 @@ class AgentService(agent_grpc.AgentBase):
                 can_reattest=result.can_reattest,
                 selectors=selectors,
             )
+            progress.writing = True
             try:
                 await self._ds.create_node(node)
             except ds.DataStoreError as exc:
@@ -512,6 +529,7 @@ class AgentService(agent_grpc.AgentBase):
             # The ban check above ran before the wait for a signing slot: the write checks
             # it again on the stored row, in its own transaction, so a ban made meanwhile
             # is not undone by this re-attestation.
+            progress.writing = True
             try:
                 await self._ds.update_node(
                     update,
@@ -526,6 +544,7 @@ class AgentService(agent_grpc.AgentBase):
                     expect_not_banned=True,
                 )
             except ds.FailedPreconditionError:
+                progress.writing = False  # refused in the transaction: nothing was written
                 raise ServerError(
                     Status.PERMISSION_DENIED, "failed to attest: agent is banned"
                 ) from None
