@@ -733,6 +733,13 @@ async def test_post_status_records_the_agent_version(env: Env) -> None:
     assert err.value.status is Status.INVALID_ARGUMENT
     assert err.value.message == "agent version is too long (max 255 characters)"
     assert (await env.ds.get_node(agent_id)).agent_version == "1.15.3"
+    # SPIRE counts bytes: 128 two-byte characters are too long, 127 are not.
+    env.clock.now += 10  # past the PostStatus rate limit
+    with pytest.raises(GRPCError) as err:
+        await env.stub.PostStatus(agent_pb2.PostStatusRequest(agent_version="é" * 128))
+    assert err.value.status is Status.INVALID_ARGUMENT
+    await env.stub.PostStatus(agent_pb2.PostStatusRequest(agent_version="é" * 127))
+    assert (await env.ds.get_node(agent_id)).agent_version == "é" * 127
 
 
 async def test_renew_with_an_expired_signing_ca_is_internal_as_spire(

@@ -630,7 +630,7 @@ class AgentService(agent_grpc.AgentBase):
         caller = self._caller_id()
         version = req.agent_version
         if version:
-            if len(version) > AGENT_VERSION_MAX_LEN:
+            if len(version.encode()) > AGENT_VERSION_MAX_LEN:  # bytes, as SPIRE counts
                 raise ServerError(
                     Status.INVALID_ARGUMENT,
                     f"agent version is too long (max {AGENT_VERSION_MAX_LEN} characters)",
