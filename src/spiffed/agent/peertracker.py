@@ -109,7 +109,8 @@ def track_peer(pid: int, call_arrived_at: float, *, proc_root: str = "/proc") ->
                 f"process {pid} started after the call arrived: the caller exited and its "
                 "PID was reused"
             )
-        peer.check()
+        if not peer.alive():
+            raise PeerGoneError(f"process {pid} exited before it could be attested")
     except BaseException:
         peer.close()
         raise
