@@ -187,3 +187,25 @@ async def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-u
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+def test_open_file_limit_is_raised_towards_the_wanted_value_never_lowered() -> None:
+    import resource
+    import subprocess
+    import sys
+
+    # In a child with a low soft limit, so this test process is left as it was.
+    code = (
+        "import resource\n"
+        "from spiffed.grpcutil import raise_open_file_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "now = raise_open_file_limit(4096)\n"
+        "assert now == resource.getrlimit(resource.RLIMIT_NOFILE)[0]\n"
+        "assert now == (4096 if hard == resource.RLIM_INFINITY else min(4096, hard)), now\n"
+        "assert raise_open_file_limit(512) == now, 'never lowered'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.strip() == "ok", out.stderr
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)  # this process untouched and readable

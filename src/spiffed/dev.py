@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO, TypeVar
 
+from spiffed.grpcutil import raise_open_file_limit
 from spiffed.selector import Selector, SelectorError
 from spiffed.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
 
@@ -881,6 +882,7 @@ def run(options: DevOptions, *, out: TextIO = sys.stdout, started: float | None 
         print(f"spiffed dev: error: {exc}", file=sys.stderr)
         return 1
     configure_logging(checked.log_level)
+    raise_open_file_limit()
     # Until the event loop takes the signals over (and once it let them go), a signal is
     # only noted: serve() stops at once when one came before it started.
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -29,6 +29,7 @@ __all__ = [
     "PeerCredentials",
     "is_unix_peer",
     "peer_credentials",
+    "raise_open_file_limit",
     "start_unix_server",
     "stop_server",
     "track_connections",
@@ -314,3 +315,24 @@ async def stop_server(server: Server, *, grace: float = STOP_GRACE) -> bool:
         _log.warning("the server did not close within %.1f s", grace)
         return False
     return clean
+
+
+def raise_open_file_limit(wanted: int = 65536) -> int:
+    """Raise this process's soft limit on open files towards ``wanted`` (never above the hard
+    limit, never lowered); returns the soft limit now in force.
+
+    Each Workload API connection holds a socket and a pidfd, so the common default of 1024
+    would refuse connections long before the agent's own connection cap.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            _log.warning("cannot raise the open file limit to %d: %s", target, exc)
+            return soft
+        return target
+    return soft

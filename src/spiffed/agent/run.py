@@ -33,7 +33,7 @@ from spiffed.agent.config import AgentConfig
 from spiffed.agent.manager import Manager, ManagerError
 from spiffed.agent.manager.run import build_manager
 from spiffed.agent.workloadattestor import WorkloadAttestationError, WorkloadAttestor
-from spiffed.grpcutil import GrpcUtilError
+from spiffed.grpcutil import GrpcUtilError, raise_open_file_limit
 
 __all__ = ["AgentRunError", "RunningAgent", "configure_logging", "run", "serve"]
 
@@ -240,6 +240,7 @@ def run(config: AgentConfig) -> int:
     """Configure logging and run the agent; the process exit status."""
     configure_logging(config)
     log = structlog.get_logger("spiffed.agent")
+    raise_open_file_limit()
     try:
         asyncio.run(serve(config))
     except AgentRunError as exc:
