@@ -622,6 +622,7 @@ class Manager:
             except ManagerError:  # re-attesting: no SVID to connect with right now
                 await asyncio.sleep(backoff.next_delay())
                 continue
+            opened_with = self._state
             try:
                 stub = watch_grpc.WatchStub(channel)
                 async with stub.WatchAuthorizedEntries.open() as stream:
@@ -646,6 +647,10 @@ class Manager:
                 log.debug("watch stream failed", error=str(exc))
             finally:
                 channel.close()
+            if self._state is not opened_with:
+                # The server ends a watch once the SVID it was opened with is superseded:
+                # reopen at once with the renewed one, so no change waits for a poll.
+                continue
             await asyncio.sleep(backoff.next_delay())
 
     async def _sleep(self, delay: float) -> None:
