@@ -21,8 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from grpclib.const import Status
@@ -44,6 +43,7 @@ from spiffed.server.api.convert import (
     status_of,
 )
 from spiffed.server.api.limits import SIGN_LIMIT_PER_IP, take
+from spiffed.server.ca.leafsigner import csr_signature_valid
 from spiffed.server.context import ServerContext
 from spiffed.server.datastore.records import RegistrationEntry
 from spiffed.server.errors import ServerError
@@ -103,21 +103,7 @@ def _csr_public_key(der: bytes) -> CertificatePublicKeyTypes:
     except Exception as exc:  # cryptography raises several types for what it cannot read
         raise ServerError(Status.INVALID_ARGUMENT, f"malformed CSR: {exc}") from None
     try:
-        params = csr.signature_algorithm_parameters
-        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
-            key.verify(csr.signature, csr.tbs_certrequest_bytes, params)
-            return key
-        algorithm = csr.signature_hash_algorithm
-        if (
-            isinstance(key, rsa.RSAPublicKey)
-            and isinstance(params, padding.PKCS1v15 | padding.PSS)
-            and algorithm is not None
-        ):
-            key.verify(csr.signature, csr.tbs_certrequest_bytes, params, algorithm)
-            return key
-        valid = csr.is_signature_valid
-    except InvalidSignature:
-        valid = False
+        valid = csr_signature_valid(csr, key)
     except Exception as exc:
         raise ServerError(Status.INVALID_ARGUMENT, f"invalid CSR signature: {exc}") from None
     if not valid:

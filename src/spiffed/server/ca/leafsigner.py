@@ -98,18 +98,22 @@ def _key_kind(key: object) -> str:
 _KINDS: dict[type, str] = {}
 
 
-def _csr_key(csr: x509.CertificateSigningRequest) -> CertificatePublicKeyTypes:
-    """The CSR's public key, after checking the CSR's self-signature with it.
+def csr_signature_valid(
+    csr: x509.CertificateSigningRequest, key: CertificatePublicKeyTypes | None = None
+) -> bool:
+    """True when the CSR's self-signature verifies with the CSR's own public key.
 
     Same check as ``csr.is_signature_valid``, done directly with the algorithm the CSR
-    declares, which costs less; any other algorithm falls back to the library's check.
+    declares (one verify, no more), which costs less; any other algorithm falls back to the
+    library's check. Errors other than a bad signature (an unreadable key) propagate.
+    ``key`` is the CSR's public key when the caller has read it already.
     """
-    key = csr.public_key()
+    key = csr.public_key() if key is None else key
     params = csr.signature_algorithm_parameters
     try:
         if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
             key.verify(csr.signature, csr.tbs_certrequest_bytes, params)
-            return key
+            return True
         algorithm = csr.signature_hash_algorithm
         if (
             isinstance(key, rsa.RSAPublicKey)
@@ -117,12 +121,17 @@ def _csr_key(csr: x509.CertificateSigningRequest) -> CertificatePublicKeyTypes:
             and algorithm is not None
         ):
             key.verify(csr.signature, csr.tbs_certrequest_bytes, params, algorithm)
-            return key
+            return True
     except InvalidSignature:
-        pass
-    else:
-        if csr.is_signature_valid:
-            return key
+        return False
+    return bool(csr.is_signature_valid)
+
+
+def _csr_key(csr: x509.CertificateSigningRequest) -> CertificatePublicKeyTypes:
+    """The CSR's public key, after checking the CSR's self-signature with it."""
+    key = csr.public_key()
+    if csr_signature_valid(csr, key):
+        return key
     raise X509IssueError(f"CSR for {csr.subject.rfc4514_string()!r} has an invalid signature")
 
 
