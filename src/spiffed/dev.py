@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO, TypeVar
 
+from spiffed import logsetup
 from spiffed.grpcutil import raise_open_file_limit
 from spiffed.selector import Selector, SelectorError
 from spiffed.spiffeid import SpiffeId, SpiffeIdError, TrustDomain
@@ -77,13 +78,6 @@ JOIN_TOKEN_TTL = 600
 
 _T = TypeVar("_T")
 _SOCKET_SAFE = re.compile(r"[A-Za-z0-9._/~+-]+")
-_LOG_LEVELS = {
-    "DEBUG": logging.DEBUG,
-    "INFO": logging.INFO,
-    "WARN": logging.WARNING,
-    "WARNING": logging.WARNING,
-    "ERROR": logging.ERROR,
-}
 
 
 class DevError(Exception):
@@ -234,7 +228,7 @@ def plan(options: DevOptions) -> Plan:
 
     Raises :class:`DevUsageError` for what the user must change."""
     level = options.log_level.upper()
-    if level not in _LOG_LEVELS:
+    if level not in logsetup.LEVELS:
         raise DevUsageError(
             f"--log-level {options.log_level!r}: expected one of debug, info, warn, error"
         )
@@ -403,23 +397,9 @@ def _drop_expected(
 
 def configure_logging(level: str, stream: TextIO = sys.stderr) -> None:
     """Server and agent logs to ``stream`` at ``level`` (WARN by default: only problems)."""
-    import structlog
-
-    numeric = _LOG_LEVELS.get(level.upper(), logging.WARNING)
-    structlog.configure(
-        processors=[
-            _drop_expected,
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
+    logsetup.configure_logging(
+        logsetup.level_number(level, logging.WARNING), stream=stream, first=[_drop_expected]
     )
-    logging.basicConfig(level=numeric, stream=stream, force=True)
-    logging.getLogger("aiosqlite").setLevel(max(numeric, logging.INFO))  # a line per query
 
 
 # --- the run ----------------------------------------------------------------------------

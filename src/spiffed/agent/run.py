@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import stat
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
 
 import structlog
 from grpclib.server import Server
 
+from spiffed import logsetup
 from spiffed.agent.cache import IdentityCache
 from spiffed.agent.config import AgentConfig
 from spiffed.agent.manager import Manager, ManagerError
@@ -36,17 +34,6 @@ from spiffed.agent.workloadattestor import WorkloadAttestationError, WorkloadAtt
 from spiffed.grpcutil import GrpcUtilError, raise_open_file_limit
 
 __all__ = ["AgentRunError", "RunningAgent", "configure_logging", "run", "serve"]
-
-_LEVELS = {
-    "TRACE": logging.DEBUG,
-    "DEBUG": logging.DEBUG,
-    "INFO": logging.INFO,
-    "WARN": logging.WARNING,
-    "WARNING": logging.WARNING,
-    "ERROR": logging.ERROR,
-    "FATAL": logging.CRITICAL,
-    "PANIC": logging.CRITICAL,
-}
 
 
 class AgentRunError(Exception):
@@ -65,38 +52,13 @@ class RunningAgent:
 
 
 def configure_logging(config: AgentConfig) -> None:
-    """Send structlog output to stderr or ``log_file`` at ``log_level``, text or JSON."""
-    level = _LEVELS.get(config.log_level.upper(), logging.INFO)
-    stream: TextIO = sys.stderr
-    if config.log_file is not None:
-        stream = open(config.log_file, "a", encoding="utf-8")  # noqa: SIM115 - process lifetime
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if config.log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+    """Send log output to stderr or ``log_file`` at ``log_level``, text or JSON."""
+    logsetup.configure_logging(
+        logsetup.level_number(config.log_level),
+        log_file=config.log_file,
+        log_format=config.log_format,
+        source_location=config.log_source_location,
     )
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    if config.log_source_location:
-        processors.append(
-            structlog.processors.CallsiteParameterAdder(
-                {
-                    structlog.processors.CallsiteParameter.FILENAME,
-                    structlog.processors.CallsiteParameter.LINENO,
-                }
-            )
-        )
-    processors.append(renderer)
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
-    )
-    logging.basicConfig(level=level, stream=stream, force=True)
 
 
 def workload_attestors(config: AgentConfig) -> list[WorkloadAttestor]:

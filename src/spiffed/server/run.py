@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any
 
 import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from spiffed import logsetup
 from spiffed.server.ca.manager import CaManager, CaSettings, UpstreamAuthority
 from spiffed.server.cache import ServerCache
 from spiffed.server.config import ServerConfig
@@ -40,53 +39,18 @@ ENTRY_PRUNE_INTERVAL = 300.0
 """How often expired registration entries are deleted (SPIRE's registration manager, 5 min).
 Expired join tokens are not pruned periodically: SPIRE deletes one when it is shown."""
 
-_LEVELS = {
-    "TRACE": logging.DEBUG,
-    "DEBUG": logging.DEBUG,
-    "INFO": logging.INFO,
-    "WARN": logging.WARNING,
-    "WARNING": logging.WARNING,
-    "ERROR": logging.ERROR,
-    "FATAL": logging.CRITICAL,
-    "PANIC": logging.CRITICAL,
-}
-
 
 class ServerRunError(Exception):
     """The server cannot start with this configuration or environment."""
 
 
 def configure_logging(config: ServerConfig) -> None:
-    """Send structlog output to stderr or ``log_file`` at ``log_level``, text or JSON."""
-    level = _LEVELS.get(config.log_level.upper(), logging.INFO)
-    stream: TextIO = sys.stderr
-    if config.log_file is not None:
-        stream = open(config.log_file, "a", encoding="utf-8")  # noqa: SIM115 - process lifetime
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if config.log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    if config.log_source_location:
-        processors.append(
-            structlog.processors.CallsiteParameterAdder(
-                {
-                    structlog.processors.CallsiteParameter.FILENAME,
-                    structlog.processors.CallsiteParameter.LINENO,
-                }
-            )
-        )
-    processors.append(renderer)
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
+    """Send log output to stderr or ``log_file`` at ``log_level``, text or JSON."""
+    logsetup.configure_logging(
+        logsetup.level_number(config.log_level),
+        log_file=config.log_file,
+        log_format=config.log_format,
+        source_location=config.log_source_location,
     )
 
 
