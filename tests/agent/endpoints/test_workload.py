@@ -411,7 +411,7 @@ async def test_7_7_rows_6_to_8_and_amb_14_bad_tokens_are_invalid_argument(agent:
             )
 
 
-async def test_wa_51_federated_tokens_validate_with_non_spiffe_claims_dropped(
+async def test_wa_51_svid_07_federated_tokens_validate_with_non_spiffe_claims_dropped(
     agent: Agent,
 ) -> None:
     agent.add(entry("a", "/a", MY_UID, federates_with=[FED]))
