@@ -384,30 +384,14 @@ class ServerCache:
         self, agent_id: SpiffeId, now: float
     ) -> tuple[list[RegistrationEntry], list[RegistrationEntry]]:
         """The agent's authorized entries, and the live node aliases that granted some."""
-        found: dict[str, RegistrationEntry] = {}
-        index = self._index
-        seen: set[str] = set()
-        # An expired node alias grants nothing, as an expired entry parented to the agent.
-        live = [
-            item
-            for item in index.agent_alias_entries(agent_id)
-            if not (item.record.expires_at and item.record.expires_at <= now)
-        ]
-        aliases = [item.record for item in live]
-        stack = [agent_id.path, *sorted({item.spiffe_id.path for item in live})]
-        children = index._children
-        while stack:
-            parent = stack.pop()
-            if parent in seen:
-                continue
-            seen.add(parent)
-            for entry_id, item in children.get(parent, {}).items():
-                entry = item.record
-                if entry.expires_at and entry.expires_at <= now:
-                    continue
-                found[entry_id] = entry
-                stack.append(item.spiffe_id.path)
-        return list(found.values()), aliases
+
+        def live(item: _Indexed) -> bool:
+            # An expired entry grants nothing, nor does an expired node alias.
+            return not (item.record.expires_at and item.record.expires_at <= now)
+
+        found = self._index.authorized_entries(agent_id, keep=live)
+        aliases = [item.record for item in self._index.agent_alias_entries(agent_id) if live(item)]
+        return [item.record for item in found], aliases
 
     def entry(self, entry_id: str) -> RegistrationEntry | None:
         """The entry with this ID, if it exists and has not expired."""
