@@ -14,10 +14,12 @@ import enum
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from grpclib.const import Status
+
 from spiffed.grpcutil import PeerCredentials
 from spiffed.spiffeid import SpiffeId
 
-__all__ = ["POLICY", "Caller", "Role", "current_caller", "caller_context"]
+__all__ = ["POLICY", "Caller", "Role", "caller_context", "caller_spiffe_id", "current_caller"]
 
 
 class Role(enum.Enum):
@@ -59,6 +61,17 @@ def current_caller() -> Caller:
         raise RuntimeError(
             "no caller: the RPC did not pass through the server's policy check"
         ) from None
+
+
+def caller_spiffe_id() -> SpiffeId:
+    """The SPIFFE ID of the caller of the RPC being handled (an agent, admin or downstream
+    server presenting an SVID); INTERNAL when the listener did not record one."""
+    from spiffed.server.errors import ServerError
+
+    spiffe_id = current_caller().spiffe_id
+    if spiffe_id is None:
+        raise ServerError(Status.INTERNAL, "caller ID missing from request context")
+    return spiffe_id
 
 
 _A, _L, _AD, _AG, _D = Role.ANY, Role.LOCAL, Role.ADMIN, Role.AGENT, Role.DOWNSTREAM

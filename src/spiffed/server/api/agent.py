@@ -28,7 +28,7 @@ from grpclib.server import Stream
 from spiffed._proto.spire.api.server.agent.v1 import agent_grpc, agent_pb2
 from spiffed._proto.spire.api.types import jointoken_pb2, spiffeid_pb2, status_pb2, x509svid_pb2
 from spiffed.server import datastore as ds
-from spiffed.server.api import current_caller
+from spiffed.server.api import caller_spiffe_id, current_caller
 from spiffed.server.api.convert import (
     IdKind,
     agent_to_proto,
@@ -564,12 +564,6 @@ class AgentService(agent_grpc.AgentBase):
             )
         )
 
-    def _caller_id(self) -> SpiffeId:
-        sid = current_caller().spiffe_id
-        if sid is None:
-            raise ServerError(Status.INTERNAL, "caller ID missing from request context")
-        return sid
-
     @rpc
     async def RenewAgent(self, stream: Stream[Any, Any]) -> None:
         """A new agent SVID for the calling agent, recorded as its node's new certificate."""
@@ -581,7 +575,7 @@ class AgentService(agent_grpc.AgentBase):
             "renew agent",
             burst=SIGN_LIMIT_PER_IP,
         )
-        caller = self._caller_id()
+        caller = caller_spiffe_id()
         try:
             node: ds.AttestedNode = await self._ds.get_node(str(caller))
         except ds.NotFoundError:
@@ -627,7 +621,7 @@ class AgentService(agent_grpc.AgentBase):
             "post status",
             burst=POST_STATUS_LIMIT_PER_IP,
         )
-        caller = self._caller_id()
+        caller = caller_spiffe_id()
         version = req.agent_version
         if version:
             if len(version.encode()) > AGENT_VERSION_MAX_LEN:  # bytes, as SPIRE counts

@@ -16,7 +16,7 @@ from spiffed._proto.spire.api.server.entry.v1 import entry_grpc, entry_pb2
 from spiffed._proto.spire.api.types import entry_pb2 as types_entry
 from spiffed._proto.spire.api.types import federateswith_pb2, selector_pb2
 from spiffed.server import datastore as ds
-from spiffed.server.api import current_caller
+from spiffed.server.api import caller_spiffe_id
 from spiffed.server.api.convert import (
     IdKind,
     entry_from_proto,
@@ -300,15 +300,13 @@ class EntryService(entry_grpc.EntryBase):
 
     def _authorized(self) -> list[ds.RegistrationEntry]:
         """The caller's authorized entries, from the server cache (no datastore read)."""
-        caller = current_caller()
-        if caller.spiffe_id is None:
-            raise ServerError(Status.INTERNAL, "caller ID missing from request context")
+        agent_id = caller_spiffe_id()
         cache = self._ctx.cache
         if cache is None:
             raise ServerError(
                 Status.INTERNAL, "failed to fetch entries: the server's entry cache is not running"
             )
-        return cache.authorized_entries(caller.spiffe_id)
+        return cache.authorized_entries(agent_id)
 
     @rpc
     async def GetAuthorizedEntries(self, stream: Stream[Any, Any]) -> None:

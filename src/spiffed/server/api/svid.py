@@ -30,7 +30,7 @@ from grpclib.server import Stream
 
 from spiffed._proto.spire.api.server.svid.v1 import svid_grpc, svid_pb2
 from spiffed._proto.spire.api.types import jwtsvid_pb2, spiffeid_pb2, x509svid_pb2
-from spiffed.server.api import current_caller
+from spiffed.server.api import caller_spiffe_id, current_caller
 from spiffed.server.api.convert import (
     MAX_TTL,
     IdKind,
@@ -111,13 +111,6 @@ def _csr_public_key(der: bytes) -> CertificatePublicKeyTypes:
             Status.INVALID_ARGUMENT, "invalid CSR signature: signature does not match its key"
         )
     return key
-
-
-def _caller_id() -> SpiffeId:
-    spiffe_id = current_caller().spiffe_id
-    if spiffe_id is None:
-        raise ServerError(Status.INTERNAL, "caller ID missing from request context")
-    return spiffe_id
 
 
 class SvidService(svid_grpc.SVIDBase):
@@ -286,7 +279,7 @@ class SvidService(svid_grpc.SVIDBase):
                 Status.RESOURCE_EXHAUSTED,
                 f"{_X509_BUSY}: rate ({len(params)}) exceeds burst size ({MAX_BATCH})",
             )
-        agent = _caller_id()
+        agent = caller_spiffe_id()
         try:
             async with self._ctx.signing.slot(len(params)):
                 entries = self._authorized(agent, (p.entry_id for p in params))
@@ -374,7 +367,7 @@ class SvidService(svid_grpc.SVIDBase):
             "JWT signing request",
             burst=SIGN_LIMIT_PER_IP,
         )
-        agent = _caller_id()
+        agent = caller_spiffe_id()
         entry = self._authorized(agent, [req.entry_id]).get(req.entry_id)
         if entry is None:
             raise ServerError(Status.NOT_FOUND, "entry not found or not authorized")

@@ -23,7 +23,7 @@ from grpclib.const import Status
 from grpclib.server import Stream
 
 from spiffed._proto.spiffed.api.server.watch.v1 import watch_grpc, watch_pb2
-from spiffed.server.api import current_caller
+from spiffed.server.api import caller_spiffe_id, current_caller
 from spiffed.server.api.convert import rpc
 from spiffed.server.cache import ServerCache
 from spiffed.server.context import ServerContext
@@ -62,9 +62,7 @@ class WatchService(watch_grpc.WatchBase):
         req = await stream.recv_message()
         assert req is not None
         caller = current_caller()
-        agent_id = caller.spiffe_id
-        if agent_id is None:
-            raise ServerError(Status.INTERNAL, "caller ID missing from request context")
+        agent_id = caller_spiffe_id()
         cache = self._ctx.cache
         if cache is None:
             raise ServerError(Status.UNAVAILABLE, "change notifications are not available")
