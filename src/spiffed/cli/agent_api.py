@@ -34,7 +34,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from spiffed._proto.workload import workload_pb2 as pb
 from spiffed.bundle import X509Bundle
-from spiffed.cli._spire import status_name
+from spiffed.cli._spire import output_option, status_name
 from spiffed.svid.x509 import X509SvidError, verify_chain
 from spiffed.workloadapi.address import UnixAddress
 from spiffed.workloadapi.client import (
@@ -127,18 +127,6 @@ def common_flags(func: _F) -> _F:
         help="Time to wait for a response",
     )(func)
     return socket_flag("Path to the SPIRE Agent API Unix domain socket")(func)
-
-
-def output_flag(func: _F) -> _F:
-    """SPIRE's ``-output pretty|json``."""
-    return _flag(
-        "output",
-        "output",
-        type=click.Choice(["pretty", "json"]),
-        default="pretty",
-        show_default=True,
-        help="Desired output format (pretty, json)",
-    )(func)
 
 
 # --- running -------------------------------------------------------------------------------
@@ -378,7 +366,7 @@ def _fetch_x509(socket_path: str, timeout: float, write: str, silent: bool, outp
 
 
 def x509_flags(func: _F) -> _F:
-    func = output_flag(func)
+    func = output_option(func)
     func = _flag(
         "write",
         "write",
@@ -449,7 +437,7 @@ def jwt_svids_message(svids: Sequence[HintedJwtSvid]) -> pb.JWTSVIDResponse:
     help="comma separated list of audience values",
 )
 @_flag("spiffeID", "spiffe_id", default="", metavar="ID", help="SPIFFE ID subject (optional)")
-@output_flag
+@output_option
 @_flag("format", "format_", default=None, hidden=True, help="deprecated; use -output")
 def fetch_jwt(
     *,
@@ -487,7 +475,7 @@ def fetch_jwt(
 @fetch.command("jwtbundle")
 @common_flags
 @_flag("write", "write", default="", metavar="DIR", help="Write each JWKS to DIR/<td>.jwks")
-@output_flag
+@output_option
 def fetch_jwtbundle(socket_path: str, timeout: float, write: str, output: str) -> None:
     """Fetches the JWT bundles (JWKS per trust domain); a spiffed addition."""
 
@@ -520,7 +508,7 @@ def validate_group() -> None:
 @common_flags
 @_flag("audience", "audience", default="", metavar="AUD", help="expected audience value")
 @_flag("svid", "svid", default="", metavar="TOKEN", help="JWT SVID")
-@output_flag
+@output_option
 def validate_jwt(socket_path: str, timeout: float, audience: str, svid: str, output: str) -> None:
     """Validates a JWT SVID."""
     if not audience:
