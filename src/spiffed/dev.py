@@ -443,17 +443,6 @@ def _check(task: asyncio.Task[None]) -> None:
     raise DevError(f"{who} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _serial_matches(serial: int, stored: str) -> bool:
-    if not stored:
-        return False
-    if stored == str(serial):
-        return True
-    try:
-        return int(stored, 16) == serial
-    except ValueError:
-        return False
-
-
 async def _stored_agent(ctx: Any, layout: _Layout, plan: Plan) -> str | None:
     """The agent ID of the SVID stored in ``agent/`` when the agent can go on with it: the
     chain verifies against the stored bundle, and the server knows the node with this
@@ -478,8 +467,7 @@ async def _stored_agent(ctx: Any, layout: _Layout, plan: Plan) -> str | None:
             node = None
         serial = state.svid.leaf.serial_number
         if node is not None and (
-            _serial_matches(serial, node.cert_serial_number)
-            or _serial_matches(serial, node.new_cert_serial_number)
+            str(serial) in (node.cert_serial_number, node.new_cert_serial_number)
         ):
             return agent_id
     delete_state(layout.agent_dir)

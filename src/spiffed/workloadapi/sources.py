@@ -413,7 +413,6 @@ class JwtSource(_Source):
     ) -> None:
         super().__init__(client, address=address, timeout=timeout, backoff=backoff, environ=environ)
         self._bundles: JwtBundles | None = None
-        self._call_timeout = timeout
 
     def _streams(self) -> list[tuple[str, Callable[[], AsyncIterator[Any]], Callable[[Any], None]]]:
         return [("FetchJWTBundles", self._client.watch_jwt_bundles, self._apply)]
@@ -466,11 +465,11 @@ class JwtSource(_Source):
 
     async def _bounded(self, call: Awaitable[_T]) -> _T:
         try:
-            async with asyncio.timeout(self._call_timeout):
+            async with asyncio.timeout(self._timeout):
                 return await call
         except TimeoutError:
             raise WorkloadApiError(
-                Status.DEADLINE_EXCEEDED, f"no answer within {self._call_timeout}s"
+                Status.DEADLINE_EXCEEDED, f"no answer within {self._timeout}s"
             ) from None
 
 

@@ -359,7 +359,6 @@ class JwtSource(_SyncSource):
         backoff: Callable[[], Backoff] = default_backoff,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        self._timeout = timeout
         self._start(
             lambda: asources.JwtSource(
                 address=address, timeout=timeout, backoff=backoff, environ=environ
