@@ -54,6 +54,11 @@ class KeyedRateLimiter:
         self._clock = clock
         self._buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
 
+    @property
+    def burst(self) -> float:
+        """The most tokens one key's bucket holds (the largest cost that can ever pass)."""
+        return self._burst
+
     def allow(self, key: Hashable, cost: float = 1.0) -> bool:
         """True if ``key`` may proceed now (and the cost is taken from its bucket)."""
         now = self._clock()

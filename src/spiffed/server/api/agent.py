@@ -385,7 +385,6 @@ class AgentService(agent_grpc.AgentBase):
             self._ctx.rate_limits.attestation,
             current_caller().address,
             "attest agent",
-            burst=ATTEST_LIMIT_PER_IP,
         )
         if self.attestations_in_progress >= self._max_attestations:
             raise ServerError(
@@ -573,7 +572,6 @@ class AgentService(agent_grpc.AgentBase):
             self._ctx.rate_limits.x509_signing,
             current_caller().address,
             "renew agent",
-            burst=SIGN_LIMIT_PER_IP,
         )
         caller = caller_spiffe_id()
         try:
@@ -619,7 +617,6 @@ class AgentService(agent_grpc.AgentBase):
             self._ctx.rate_limits.post_status,
             current_caller().address,
             "post status",
-            burst=POST_STATUS_LIMIT_PER_IP,
         )
         caller = caller_spiffe_id()
         version = req.agent_version

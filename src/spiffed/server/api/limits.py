@@ -110,8 +110,6 @@ def take(
     address: str | None,
     what: str,
     cost: int = 1,
-    *,
-    burst: int,
 ) -> None:
     """Take ``cost`` from the caller's bucket, or refuse with RESOURCE_EXHAUSTED
     ``rejecting request due to <what> rate limiting: ...``."""
@@ -121,9 +119,10 @@ def take(
     if key is None:
         return
     prefix = f"rejecting request due to {what} rate limiting"
-    if cost > burst:
+    if cost > limiter.burst:
         raise ServerError(
-            Status.RESOURCE_EXHAUSTED, f"{prefix}: rate ({cost}) exceeds burst size ({burst})"
+            Status.RESOURCE_EXHAUSTED,
+            f"{prefix}: rate ({cost}) exceeds burst size ({limiter.burst:g})",
         )
     if not limiter.allow(key, cost):
         raise ServerError(

@@ -272,7 +272,6 @@ class SvidService(svid_grpc.SVIDBase):
             current_caller().address,
             "certificate signing",
             len(params),
-            burst=SIGN_LIMIT_PER_IP,
         )
         if len(params) > MAX_BATCH:
             raise ServerError(
@@ -365,7 +364,6 @@ class SvidService(svid_grpc.SVIDBase):
             self._ctx.rate_limits.jwt_signing,
             current_caller().address,
             "JWT signing request",
-            burst=SIGN_LIMIT_PER_IP,
         )
         agent = caller_spiffe_id()
         entry = self._authorized(agent, [req.entry_id]).get(req.entry_id)
